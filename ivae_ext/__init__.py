@@ -1,0 +1,12 @@
+"""ivae_ext: identifiable latent-variable models on fused C++/CUDA torch ops.
+
+The fused ops live in :mod:`ivae_ext.ops`; :mod:`ivae_ext.reference` holds their pure-PyTorch
+oracles. ``build_info()`` says what was compiled.
+"""
+
+from ivae_ext._extension import HAS_EXTENSION, build_info
+from ivae_ext import ops, reference
+from ivae_ext.distributions import kl_divergence
+
+__all__ = ["HAS_EXTENSION", "build_info", "ops", "reference", "kl_divergence"]
+__version__ = "0.1.0"

@@ -1,0 +1,6 @@
+"""Fused ops. Each wrapper validates nothing twice: the C++ kernels check real tensors, the
+fake kernels (and the reference fallback) check with the same messages."""
+
+from ivae_ext.ops.expfam_kl import expfam_kl
+
+__all__ = ["expfam_kl"]
