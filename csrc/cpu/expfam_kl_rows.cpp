@@ -1,0 +1,137 @@
+#include "cpu/expfam_kl_rows.h"
+
+#include "common/host_device.h"
+
+// One clone per x86-64 microarchitecture level, chosen by the dynamic loader (GCC ifunc).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define IVAE_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define IVAE_CPU_CLONES
+#endif
+
+namespace ivae::cpu {
+namespace {
+
+using math::ExpFamily;
+
+template <ExpFamily F, typename T>
+IVAE_HD void forward_impl(const KlRowsInput<T>& in, T* out, int64_t out_row_stride, T* row_sums) {
+  const int64_t dim = in.dim;
+  for (int64_t r = 0; r < in.rows; ++r) {
+    const T* __restrict__ mq = in.q_loc + r * dim;
+    const T* __restrict__ lq = in.q_log_scale + r * dim;
+    const T* __restrict__ mp = in.p_loc + r * in.p_loc_row_stride;
+    const T* __restrict__ lp = in.p_log_scale + r * in.p_log_scale_row_stride;
+    T* __restrict__ o = out + r * out_row_stride;
+    for (int64_t j = 0; j < dim; ++j) {
+      o[j] = math::expfam_kl_value<F>(mq[j], lq[j], mp[j], lp[j]);
+    }
+    if (row_sums != nullptr) {
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < dim; ++j) sum += o[j];
+      row_sums[r] = sum;
+    }
+  }
+}
+
+template <bool kAccumulate, typename T>
+IVAE_HD void put(T* __restrict__ dst, int64_t j, T value) {
+  if constexpr (kAccumulate) {
+    dst[j] += value;
+  } else {
+    dst[j] = value;
+  }
+}
+
+template <ExpFamily F, bool kPerElement, bool kAccPLoc, bool kAccPLogScale, typename T>
+IVAE_HD void backward_impl(const KlRowsInput<T>& in, const KlRowsGrad<T>& g) {
+  const int64_t dim = in.dim;
+  for (int64_t r = 0; r < in.rows; ++r) {
+    const T* __restrict__ mq = in.q_loc + r * dim;
+    const T* __restrict__ lq = in.q_log_scale + r * dim;
+    const T* __restrict__ mp = in.p_loc + r * in.p_loc_row_stride;
+    const T* __restrict__ lp = in.p_log_scale + r * in.p_log_scale_row_stride;
+    const T* __restrict__ up = g.grad + (kPerElement ? r * dim : r);
+    T* __restrict__ gmq = g.q_loc.data + r * g.q_loc.row_stride;
+    T* __restrict__ glq = g.q_log_scale.data + r * g.q_log_scale.row_stride;
+    T* __restrict__ gmp = g.p_loc.data + r * g.p_loc.row_stride;
+    T* __restrict__ glp = g.p_log_scale.data + r * g.p_log_scale.row_stride;
+    const T row_grad = kPerElement ? T(0) : up[0];
+    for (int64_t j = 0; j < dim; ++j) {
+      const T upstream = kPerElement ? up[j] : row_grad;
+      const math::KlGrad<T> d = math::expfam_kl_grad<F>(mq[j], lq[j], mp[j], lp[j], upstream);
+      gmq[j] = d.q_loc;
+      glq[j] = d.q_log_scale;
+      put<kAccPLoc>(gmp, j, d.p_loc);
+      put<kAccPLogScale>(glp, j, d.p_log_scale);
+    }
+  }
+}
+
+template <ExpFamily F, bool kPerElement, typename T>
+IVAE_HD void backward_by_accumulation(const KlRowsInput<T>& in, const KlRowsGrad<T>& g) {
+  const bool acc_loc = g.p_loc.accumulate;
+  const bool acc_log_scale = g.p_log_scale.accumulate;
+  if (acc_loc && acc_log_scale) {
+    backward_impl<F, kPerElement, true, true>(in, g);
+  } else if (acc_loc) {
+    backward_impl<F, kPerElement, true, false>(in, g);
+  } else if (acc_log_scale) {
+    backward_impl<F, kPerElement, false, true>(in, g);
+  } else {
+    backward_impl<F, kPerElement, false, false>(in, g);
+  }
+}
+
+template <ExpFamily F, typename T>
+IVAE_HD void backward_by_family(const KlRowsInput<T>& in, const KlRowsGrad<T>& g) {
+  if (g.grad_per_element) {
+    backward_by_accumulation<F, true>(in, g);
+  } else {
+    backward_by_accumulation<F, false>(in, g);
+  }
+}
+
+template <typename T>
+IVAE_HD void forward_rows(ExpFamily family, const KlRowsInput<T>& in, T* out, int64_t out_row_stride,
+                          T* row_sums) {
+  if (family == ExpFamily::Gaussian) {
+    forward_impl<ExpFamily::Gaussian>(in, out, out_row_stride, row_sums);
+  } else {
+    forward_impl<ExpFamily::Laplace>(in, out, out_row_stride, row_sums);
+  }
+}
+
+template <typename T>
+IVAE_HD void backward_rows(ExpFamily family, const KlRowsInput<T>& in, const KlRowsGrad<T>& g) {
+  if (family == ExpFamily::Gaussian) {
+    backward_by_family<ExpFamily::Gaussian>(in, g);
+  } else {
+    backward_by_family<ExpFamily::Laplace>(in, g);
+  }
+}
+
+}  // namespace
+
+IVAE_CPU_CLONES void expfam_kl_forward_rows(ExpFamily family, const KlRowsInput<float>& in,
+                                            float* out, int64_t out_row_stride, float* row_sums) {
+  forward_rows(family, in, out, out_row_stride, row_sums);
+}
+
+IVAE_CPU_CLONES void expfam_kl_forward_rows(ExpFamily family, const KlRowsInput<double>& in,
+                                            double* out, int64_t out_row_stride, double* row_sums) {
+  forward_rows(family, in, out, out_row_stride, row_sums);
+}
+
+IVAE_CPU_CLONES void expfam_kl_backward_rows(ExpFamily family, const KlRowsInput<float>& in,
+                                             const KlRowsGrad<float>& grad) {
+  backward_rows(family, in, grad);
+}
+
+IVAE_CPU_CLONES void expfam_kl_backward_rows(ExpFamily family, const KlRowsInput<double>& in,
+                                             const KlRowsGrad<double>& grad) {
+  backward_rows(family, in, grad);
+}
+
+}  // namespace ivae::cpu
