@@ -1,0 +1,281 @@
+"""Experiments behind the CLI: one training run (``run_train``) and the iVAE-vs-VAE reproduction.
+
+Every output file is written atomically (temporary file + os.replace).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ivae_ext.data import load_npz, make_nonlinear_ica
+from ivae_ext.metrics import mcc
+from ivae_ext.models import IVAE, VAE
+from ivae_ext.training import evaluate_loss, fit
+
+
+@dataclass
+class TrainConfig:
+    model: str = "ivae"
+    data: str = "tcl"
+    sources: int = 5
+    segments: int = 40
+    per_segment: int = 1000
+    mixing_layers: int = 3
+    mixing_activation: str = "xtanh"
+    source_dist: str = "gauss"
+    segment_means: bool = False
+    reuse_mixing: bool = False
+    seed: int = 0
+    latent_dim: int | None = None
+    objective: str = "weighted"
+    prior: str | None = None
+    prior_mean: bool = True
+    weights: tuple = (100.0, 1.0, 0.0, 10.0)
+    decoder_var: float = 0.1
+    learn_decoder_var: bool = False
+    beta: float = 1.0
+    hidden: int = 50
+    layers: int = 3
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-2
+    schedule: str = "plateau"
+    clip_grad: float = 10.0
+    init_seed: int = 0
+    restarts: int = 1
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def write_atomic(path: str, write) -> None:
+    """Call write(tmp_path) for a temporary file beside `path`, then move it into place."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(directory, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj) -> None:
+    def _write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=float)
+            f.write("\n")
+
+    write_atomic(path, _write)
+
+
+def load_data(cfg: TrainConfig):
+    if cfg.data == "tcl":
+        return make_nonlinear_ica(
+            n_sources=cfg.sources, n_segments=cfg.segments, per_segment=cfg.per_segment,
+            mixing_layers=cfg.mixing_layers, activation=cfg.mixing_activation,
+            source_dist=cfg.source_dist, segment_means=cfg.segment_means,
+            reuse_matrix=cfg.reuse_mixing, seed=cfg.seed,
+        )
+    return load_npz(cfg.data)
+
+
+def build_model(cfg: TrainConfig, data_dim: int, aux_dim: int, latent_dim: int):
+    if cfg.model == "vae":
+        return VAE(data_dim, latent_dim, cfg.hidden, cfg.layers, cfg.decoder_var, cfg.learn_decoder_var, cfg.beta)
+    if cfg.model == "ivae":
+        prior = cfg.prior or ("laplace" if cfg.source_dist == "laplace" and cfg.data == "tcl" else "gaussian")
+        posterior = "gaussian" if cfg.objective == "weighted" else None
+        return IVAE(
+            data_dim, latent_dim, aux_dim, cfg.hidden, cfg.layers, prior=prior, prior_mean=cfg.prior_mean,
+            posterior=posterior, decoder_var=cfg.decoder_var, learn_decoder_var=cfg.learn_decoder_var,
+            objective=cfg.objective, weights=tuple(cfg.weights), beta=cfg.beta,
+        )
+    raise ValueError(f"model must be 'ivae' or 'vae', got {cfg.model!r}")
+
+
+@torch.no_grad()
+def posterior_means(model, x: torch.Tensor, u: torch.Tensor) -> np.ndarray:
+    return model.encode(x, u)[0].numpy()
+
+
+def _plot_sources(path: str, s: np.ndarray, z: np.ndarray, matching: np.ndarray, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = s.shape[1]
+    idx = np.random.default_rng(0).choice(len(s), size=min(2000, len(s)), replace=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        k = matching[j]
+        if k >= 0:
+            ax.scatter(s[idx, j], z[idx, k], s=2, alpha=0.4)
+            r = abs(np.corrcoef(s[:, j], z[:, k])[0, 1])
+            ax.set_title(f"s{j} vs z{k}  |r|={r:.2f}", fontsize=9)
+        ax.set_xlabel("true source")
+    axes[0][0].set_ylabel("recovered (matched)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def _plot_curves(path: str, history: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history["epochs"]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax1.plot(epochs, [r["loss"] for r in history["epochs"]], marker=".")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss")
+    mccs = [r.get("mcc") for r in history["epochs"]]
+    if any(m is not None for m in mccs):
+        ax2.plot(epochs, mccs, marker=".", color="C1")
+        ax2.set_ylim(0, 1)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("MCC (not used for selection)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
+
+
+def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> dict:
+    """Train cfg.restarts models from different initialisations, keep the one with the lowest
+    training objective, and write metrics.json, sources.png and curves.png into `out`."""
+    torch.set_num_threads(1)
+    os.makedirs(out, exist_ok=True)
+    t_start = time.perf_counter()
+    data = load_data(cfg)
+    x = torch.as_tensor(data.x)
+    u = torch.as_tensor(data.u)
+    latent_dim = cfg.latent_dim or (data.s.shape[1] if data.s is not None else x.shape[1])
+    runs = []
+    for r in range(cfg.restarts):
+        init_seed = cfg.init_seed + r
+        torch.manual_seed(init_seed)
+        model = build_model(cfg, x.shape[1], u.shape[1], latent_dim)
+
+        def track_mcc(epoch, m, record):
+            if data.s is not None:
+                record["mcc"] = mcc(posterior_means(m, x, u), data.s)[0]
+
+        ckpt = os.path.join(out, f"checkpoint_restart{r}.pt")
+        has_ckpt = resume and os.path.exists(ckpt)
+        history = fit(
+            model, x, u if cfg.model == "ivae" else None, epochs=cfg.epochs, batch_size=cfg.batch_size,
+            lr=cfg.lr, schedule=cfg.schedule, clip_grad=cfg.clip_grad, seed=init_seed, checkpoint=ckpt,
+            resume=has_ckpt, progress=cfg.progress, on_epoch_end=track_mcc,
+        )
+        final = evaluate_loss(model, x, u if cfg.model == "ivae" else None)
+        run = {"init_seed": init_seed, "final_loss_terms": final, "history": history, "model": model}
+        if data.s is not None:
+            run["mcc"] = mcc(posterior_means(model, x, u), data.s)[0]
+        runs.append(run)
+        log(
+            f"  {cfg.model} data seed {cfg.seed} restart {r}: objective {final['loss']:.4g}"
+            + (f", MCC {run['mcc']:.3f}" if "mcc" in run else "")
+        )
+    best = min(runs, key=lambda run: run["final_loss_terms"]["loss"])  # selection by objective only
+    z = posterior_means(best["model"], x, u)
+    metrics = {
+        "mcc": best.get("mcc"),
+        "mcc_spearman": mcc(z, data.s, "spearman")[0] if data.s is not None else None,
+        "selected_restart": runs.index(best),
+        "final_loss_terms": best["final_loss_terms"],
+        "restarts": [
+            {"init_seed": r["init_seed"], "objective": r["final_loss_terms"]["loss"], "mcc": r.get("mcc")}
+            for r in runs
+        ],
+        "history": best["history"]["epochs"],
+        "train_time_s": sum(r["history"]["wall_time"] for r in runs),
+        "wall_time_s": time.perf_counter() - t_start,
+        "n_samples": int(len(x)),
+        "config": asdict(cfg),
+        "model_config": best["model"].config(),
+    }
+    title = f"{cfg.model} on {os.path.basename(cfg.data)} (seed {cfg.seed})"
+    if data.s is not None:
+        _, matching = mcc(z, data.s)
+        _plot_sources(os.path.join(out, "sources.png"), data.s, z, matching, title + f", MCC {metrics['mcc']:.3f}")
+    _plot_curves(os.path.join(out, "curves.png"), best["history"], title)
+    torch.save(best["model"].state_dict(), os.path.join(out, ".model.tmp"))
+    os.replace(os.path.join(out, ".model.tmp"), os.path.join(out, "model.pt"))
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    return metrics
+
+
+def _mean_std(values):
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def reproduce_ivae(base: TrainConfig, seeds, out: str, vae_overrides: dict, resume: bool = False, log=print) -> dict:
+    """iVAE and the VAE baseline on each data seed; writes table.md and table.json into `out`."""
+    t0 = time.perf_counter()
+    rows = []
+    for seed in seeds:
+        row = {"seed": seed}
+        for name in ("ivae", "vae"):
+            cfg = TrainConfig(**{**asdict(base), "model": name, "seed": seed})
+            if name == "vae":
+                for k, v in vae_overrides.items():
+                    setattr(cfg, k, v)
+            run_dir = os.path.join(out, f"seed{seed}", name)
+            done = os.path.join(run_dir, "metrics.json")
+            if resume and os.path.exists(done):
+                with open(done) as f:
+                    metrics = json.load(f)
+                log(f"  {name} data seed {seed}: done before, MCC {metrics['mcc']:.3f}")
+            else:
+                metrics = run_train(cfg, run_dir, resume=resume, log=log)
+            row[name] = metrics["mcc"]
+            row[f"{name}_time_s"] = metrics["train_time_s"]
+        rows.append(row)
+        log(f"data seed {seed}: iVAE {row['ivae']:.3f}  VAE {row['vae']:.3f}")
+    summary = {}
+    for name in ("ivae", "vae"):
+        mean, std = _mean_std([r[name] for r in rows])
+        summary[name] = {"mean": mean, "std": std}
+    summary["ivae_beats_vae_every_seed"] = all(r["ivae"] > r["vae"] for r in rows)
+    result = {
+        "rows": rows, "summary": summary, "wall_time_s": time.perf_counter() - t0,
+        "config": asdict(base), "vae_overrides": vae_overrides,
+    }
+    table = format_table(result)
+    write_json(os.path.join(out, "table.json"), result)
+
+    def _write_md(tmp):
+        with open(tmp, "w") as f:
+            f.write(table + "\n")
+
+    write_atomic(os.path.join(out, "table.md"), _write_md)
+    return result
+
+
+def format_table(result: dict) -> str:
+    lines = ["| data seed | iVAE MCC | VAE MCC |", "|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['seed']} | {r['ivae']:.3f} | {r['vae']:.3f} |")
+    s = result["summary"]
+    lines.append(
+        f"| mean ± std | {s['ivae']['mean']:.3f} ± {s['ivae']['std']:.3f} | "
+        f"{s['vae']['mean']:.3f} ± {s['vae']['std']:.3f} |"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""iVAE: a VAE whose factorized prior p(z|u) is conditioned on an observed auxiliary variable u.
+
+Encoder q(z|x,u): diagonal Gaussian (or the prior's family, see ``posterior``) from MLPs on [x, u].
+Prior p(z|u): factorized Gaussian or Laplace, location and log-scale from an MLP λ(u)
+(location fixed at 0 if ``prior_mean=False``). Decoder p(x|z): Gaussian, mean from an MLP,
+variance fixed or learned (one per data dimension).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ivae_ext.models.nets import FAMILIES, MLP, gaussian_decoder_log_lik, log_density, rsample
+from ivae_ext.models.objectives import elbo_objective, weighted_objective
+
+OBJECTIVES = ("weighted", "elbo")
+
+
+class IVAE(nn.Module):
+    """Identifiable VAE (Khemakhem et al., 2020).
+
+    objective: "weighted" (default) — the weighted decomposition −[a·log p(x|z) − b·MI − c·TC −
+    d·dimension-wise KL] with minibatch estimates of q(z); "elbo" — the plain ELBO with the
+    analytic KL(q(z|x,u) ‖ p(z|u)) through ``ivae_ext.ops.expfam_kl``. For the analytic KL the
+    posterior is of the prior's family (``posterior=None``); the weighted objective works with any.
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        aux_dim: int,
+        hidden_dim: int = 50,
+        n_layers: int = 3,
+        prior: str = "gaussian",
+        prior_mean: bool = True,
+        posterior: str | None = None,
+        decoder_var: float = 0.1,
+        learn_decoder_var: bool = False,
+        objective: str = "weighted",
+        weights: tuple[float, float, float, float] = (100.0, 1.0, 0.0, 10.0),
+        beta: float = 1.0,
+        slope: float = 0.1,
+    ):
+        super().__init__()
+        if prior not in FAMILIES:
+            raise ValueError(f"prior must be one of {FAMILIES}, got {prior!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        posterior = posterior or prior
+        if posterior not in FAMILIES:
+            raise ValueError(f"posterior must be one of {FAMILIES}, got {posterior!r}")
+        if objective == "elbo" and posterior != prior:
+            raise ValueError("the analytic-KL ELBO needs the posterior in the prior's family")
+        self.data_dim, self.latent_dim, self.aux_dim = data_dim, latent_dim, aux_dim
+        self.prior_family, self.posterior_family = prior, posterior
+        self.prior_mean = prior_mean
+        self.objective = objective
+        self.weights = tuple(float(w) for w in weights)
+        self.beta = beta
+        self.dataset_size = 1  # set by fit(): the N of the minibatch-weighted estimator
+        self.encoder_loc = MLP(data_dim + aux_dim, latent_dim, hidden_dim, n_layers, slope)
+        self.encoder_log_var = MLP(data_dim + aux_dim, latent_dim, hidden_dim, n_layers, slope)
+        self.prior_net = MLP(aux_dim, 2 * latent_dim if prior_mean else latent_dim, hidden_dim, n_layers, slope)
+        self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope)
+        log_var = torch.full((data_dim,), math.log(decoder_var))
+        if learn_decoder_var:
+            self.decoder_log_var = nn.Parameter(log_var)
+        else:
+            self.register_buffer("decoder_log_var", log_var)
+
+    def config(self) -> dict:
+        return {
+            "data_dim": self.data_dim, "latent_dim": self.latent_dim, "aux_dim": self.aux_dim,
+            "prior": self.prior_family, "posterior": self.posterior_family,
+            "prior_mean": self.prior_mean, "objective": self.objective, "weights": list(self.weights),
+        }
+
+    def encode(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and log-scale of q(z|x,u), each [B, latent_dim]; the location is the estimate."""
+        xu = torch.cat([x, u], dim=1)
+        return self.encoder_loc(xu), 0.5 * self.encoder_log_var(xu)
+
+    def prior_params(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and log-scale of p(z|u), each [B, latent_dim]."""
+        out = self.prior_net(u)
+        if self.prior_mean:
+            loc, log_var = out.chunk(2, dim=1)
+        else:
+            loc, log_var = torch.zeros_like(out), out
+        return loc, 0.5 * log_var
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean of p(x|z), [B, data_dim]."""
+        return self.decoder(z)
+
+    @torch.no_grad()
+    def sample(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, z) with z ~ p(z|u) and x ~ p(x|z), one draw per row of u."""
+        loc, log_scale = self.prior_params(u)
+        z = rsample(loc, log_scale, self.prior_family)
+        mean = self.decode(z)
+        return mean + torch.exp(0.5 * self.decoder_log_var) * torch.randn_like(mean), z
+
+    def loss(self, batch: dict) -> dict:
+        x, u = batch["x"], batch["u"]
+        q_loc, q_log_scale = self.encode(x, u)
+        p_loc, p_log_scale = self.prior_params(u)
+        z = rsample(q_loc, q_log_scale, self.posterior_family)
+        log_px_z = gaussian_decoder_log_lik(x, self.decode(z), self.decoder_log_var)
+        if self.objective == "elbo":
+            return elbo_objective(log_px_z, q_loc, q_log_scale, p_loc, p_log_scale, self.prior_family, self.beta)
+        log_pz = log_density(z, p_loc, p_log_scale, self.prior_family).sum(-1)
+        return weighted_objective(
+            log_px_z, z, q_loc, q_log_scale, self.posterior_family, log_pz, self.dataset_size, self.weights
+        )

@@ -1,0 +1,61 @@
+"""Building blocks shared by the models: MLPs and factorized log-densities."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+FAMILIES = ("gaussian", "laplace")
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class MLP(nn.Module):
+    """Fully connected net: `n_layers` linear maps with leaky-ReLU between them (none after the last)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 50, n_layers: int = 3, slope: float = 0.1):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [out_dim]
+        layers: list[nn.Module] = []
+        for i in range(n_layers):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < n_layers - 1:
+                layers.append(nn.LeakyReLU(slope))
+        self.net = nn.Sequential(*layers)
+        for m in self.net:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+def log_density(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, family: str) -> torch.Tensor:
+    """Elementwise log-density of a Gaussian (scale σ) or Laplace (scale b) at z."""
+    if family == "gaussian":
+        return -_HALF_LOG_2PI - log_scale - 0.5 * ((z - loc) * torch.exp(-log_scale)) ** 2
+    if family == "laplace":
+        return -math.log(2.0) - log_scale - (z - loc).abs() * torch.exp(-log_scale)
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+
+def rsample(loc: torch.Tensor, log_scale: torch.Tensor, family: str) -> torch.Tensor:
+    """Reparametrised draw from the factorized family (uses torch's global RNG)."""
+    if family == "gaussian":
+        eps = torch.randn_like(loc)
+    elif family == "laplace":
+        # inverse CDF of a standard Laplace on u ~ U(-1/2, 1/2), kept away from ±1/2
+        v = torch.rand_like(loc).clamp(1e-6, 1 - 1e-6) - 0.5
+        eps = -torch.sign(v) * torch.log1p(-2.0 * v.abs())
+    else:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    return loc + torch.exp(log_scale) * eps
+
+
+def gaussian_decoder_log_lik(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, exp(log_var)) summed over the data dimensions, per sample [B]."""
+    return (-_HALF_LOG_2PI - 0.5 * log_var - 0.5 * (x - mean) ** 2 * torch.exp(-log_var)).sum(-1)

@@ -1,0 +1,64 @@
+"""β-VAE baseline: the iVAE's networks without u, with a standard normal prior."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ivae_ext.models.nets import MLP, gaussian_decoder_log_lik, rsample
+from ivae_ext.models.objectives import elbo_objective
+
+
+class VAE(nn.Module):
+    """Negative ELBO −E_q log p(x|z) + β KL(q(z|x) ‖ N(0, I)), KL through ``ivae_ext.ops.expfam_kl``."""
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden_dim: int = 50,
+        n_layers: int = 3,
+        decoder_var: float = 0.1,
+        learn_decoder_var: bool = False,
+        beta: float = 1.0,
+        slope: float = 0.1,
+    ):
+        super().__init__()
+        self.data_dim, self.latent_dim, self.beta = data_dim, latent_dim, beta
+        self.dataset_size = 1
+        self.encoder_loc = MLP(data_dim, latent_dim, hidden_dim, n_layers, slope)
+        self.encoder_log_var = MLP(data_dim, latent_dim, hidden_dim, n_layers, slope)
+        self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope)
+        log_var = torch.full((data_dim,), math.log(decoder_var))
+        if learn_decoder_var:
+            self.decoder_log_var = nn.Parameter(log_var)
+        else:
+            self.register_buffer("decoder_log_var", log_var)
+        self.register_buffer("_zero", torch.zeros(()))
+
+    def config(self) -> dict:
+        return {"data_dim": self.data_dim, "latent_dim": self.latent_dim, "beta": self.beta}
+
+    def encode(self, x: torch.Tensor, u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Location and log-scale of q(z|x); u is ignored (accepted for a common interface)."""
+        return self.encoder_loc(x), 0.5 * self.encoder_log_var(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, z) for n draws z ~ N(0, I), x ~ p(x|z)."""
+        z = torch.randn(n, self.latent_dim, dtype=self._zero.dtype, device=self._zero.device)
+        mean = self.decode(z)
+        return mean + torch.exp(0.5 * self.decoder_log_var) * torch.randn_like(mean), z
+
+    def loss(self, batch: dict) -> dict:
+        x = batch["x"]
+        q_loc, q_log_scale = self.encode(x)
+        z = rsample(q_loc, q_log_scale, "gaussian")
+        log_px_z = gaussian_decoder_log_lik(x, self.decode(z), self.decoder_log_var)
+        zero = self._zero.expand(1, 1)
+        return elbo_objective(log_px_z, q_loc, q_log_scale, zero, zero, "gaussian", self.beta)

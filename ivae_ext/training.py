@@ -1,0 +1,195 @@
+"""``fit``: the training loop every model shares (Adam, LR schedule, clipping, checkpoints, resume).
+
+Exact resume: a checkpoint holds the model, optimizer and scheduler states, the epoch, the
+shuffling generator and torch's global RNG (the models draw their noise from it), so resuming
+from the checkpoint of epoch k reproduces, bit for bit, an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+SCHEDULES = ("plateau", "cosine", "none")
+
+
+class NaNLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _as_tensor(a, dtype) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.to(dtype)
+    return torch.as_tensor(np.asarray(a), dtype=dtype)
+
+
+def save_atomic(obj, path: str) -> None:
+    """torch.save to a temporary file in the same directory, then os.replace: never a torn file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _make_scheduler(optimizer, schedule: str, epochs: int):
+    if schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=0)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if schedule == "none":
+        return None
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+@torch.no_grad()
+def evaluate_loss(model, x, u=None, batch_size: int = 256, seed: int = 0) -> dict:
+    """Mean of every loss term over the data in fixed order (a fixed seed for the sampling noise)."""
+    dtype = next(model.parameters()).dtype
+    x = _as_tensor(x, dtype)
+    u = None if u is None else _as_tensor(u, dtype)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        totals: dict[str, float] = {}
+        for start in range(0, len(x), batch_size):
+            batch = {"x": x[start:start + batch_size]}
+            if u is not None:
+                batch["u"] = u[start:start + batch_size]
+            terms = model.loss(batch)
+            n = len(batch["x"])
+            for k, v in terms.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * n
+    finally:
+        torch.random.set_rng_state(state)
+    return {k: v / len(x) for k, v in totals.items()}
+
+
+def fit(
+    model: torch.nn.Module,
+    x,
+    u=None,
+    *,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-2,
+    schedule: str = "plateau",
+    clip_grad: float | None = 10.0,
+    seed: int = 0,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[int, torch.nn.Module, dict], None] | None = None,
+    max_epochs_this_call: int | None = None,
+) -> dict:
+    """Train ``model`` on x (and u) by minimising ``model.loss(batch)["loss"]`` with Adam.
+
+    The model's parameters are (re)initialised from ``seed`` only by the caller; fit seeds the
+    shuffling and the sampling noise. Every epoch it records the mean of each loss term in
+    ``history["epochs"]``; ``on_epoch_end(epoch, model, record)`` may add entries (e.g. an MCC).
+    With ``checkpoint`` set, the state is written atomically after every epoch; ``resume=True``
+    continues from it exactly. ``max_epochs_this_call`` stops early (to test resuming).
+    Raises NaNLossError if the loss stops being finite. Returns the history.
+    """
+    dtype = next(model.parameters()).dtype
+    x = _as_tensor(x, dtype)
+    u = None if u is None else _as_tensor(u, dtype)
+    if u is not None and len(u) != len(x):
+        raise ValueError(f"x and u must have the same number of rows, got {len(x)} and {len(u)}")
+    if len(x) == 0:
+        raise ValueError("x is empty")
+    if hasattr(model, "dataset_size"):
+        model.dataset_size = len(x)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = _make_scheduler(optimizer, schedule, epochs)
+    shuffle = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    history = {"epochs": [], "wall_time": 0.0}
+    start_epoch = 0
+    if resume:
+        if checkpoint is None or not os.path.exists(checkpoint):
+            raise FileNotFoundError(f"resume=True but no checkpoint at {checkpoint!r}")
+        state = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state["scheduler"] is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        shuffle.set_state(state["shuffle_rng"])
+        torch.random.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        start_epoch = state["epoch"]
+    n_batches = math.ceil(len(x) / batch_size)
+    stop = epochs if max_epochs_this_call is None else min(epochs, start_epoch + max_epochs_this_call)
+    bar = tqdm(total=(stop - start_epoch) * n_batches, disable=not progress, desc="fit", leave=False)
+    model.train()
+    for epoch in range(start_epoch, stop):
+        t0 = time.perf_counter()
+        order = torch.randperm(len(x), generator=shuffle)
+        sums: dict[str, float] = {}
+        for i in range(n_batches):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            batch = {"x": x[idx]}
+            if u is not None:
+                batch["u"] = u[idx]
+            terms = model.loss(batch)
+            loss = terms["loss"]
+            if not torch.isfinite(loss):
+                bar.close()
+                detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                raise NaNLossError(
+                    f"loss is {float(loss)} at epoch {epoch + 1}, batch {i + 1}/{n_batches} ({detail}); "
+                    f"lower the learning rate (now {optimizer.param_groups[0]['lr']:.3g}) or set gradient clipping"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.update(1)
+            if i % 20 == 0:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
+        record = {k: v / n_batches for k, v in sums.items()}
+        record["epoch"] = epoch + 1
+        record["lr"] = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(record["loss"])
+            else:
+                scheduler.step()
+        history["wall_time"] += time.perf_counter() - t0
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model, record)
+        history["epochs"].append(record)
+        if checkpoint is not None:
+            save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
+                    "shuffle_rng": shuffle.get_state(),
+                    "torch_rng": torch.random.get_rng_state(),
+                    "history": history,
+                    "epoch": epoch + 1,
+                },
+                checkpoint,
+            )
+    bar.close()
+    model.eval()
+    return history
