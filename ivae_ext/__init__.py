@@ -10,3 +10,4 @@ from ivae_ext.distributions import kl_divergence
 
 __all__ = ["HAS_EXTENSION", "build_info", "ops", "reference", "kl_divergence"]
 __version__ = "0.1.0"
+from ivae_ext.training import fit  # noqa: E402  (issue 3: training loop)
