@@ -15,23 +15,26 @@ namespace {
 using math::ExpFamily;
 
 template <ExpFamily F, typename T>
+IVAE_HD void forward_row(int64_t dim, const T* __restrict__ mq, const T* __restrict__ lq,
+                         const T* __restrict__ mp, const T* __restrict__ lp, T* __restrict__ out,
+                         T* __restrict__ row_sum) {
+#pragma omp simd
+  for (int64_t j = 0; j < dim; ++j) out[j] = math::expfam_kl_value<F>(mq[j], lq[j], mp[j], lp[j]);
+  if (row_sum != nullptr) {
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < dim; ++j) sum += out[j];
+    *row_sum = sum;
+  }
+}
+
+template <ExpFamily F, typename T>
 IVAE_HD void forward_impl(const KlRowsInput<T>& in, T* out, int64_t out_row_stride, T* row_sums) {
   const int64_t dim = in.dim;
   for (int64_t r = 0; r < in.rows; ++r) {
-    const T* __restrict__ mq = in.q_loc + r * dim;
-    const T* __restrict__ lq = in.q_log_scale + r * dim;
-    const T* __restrict__ mp = in.p_loc + r * in.p_loc_row_stride;
-    const T* __restrict__ lp = in.p_log_scale + r * in.p_log_scale_row_stride;
-    T* __restrict__ o = out + r * out_row_stride;
-    for (int64_t j = 0; j < dim; ++j) {
-      o[j] = math::expfam_kl_value<F>(mq[j], lq[j], mp[j], lp[j]);
-    }
-    if (row_sums != nullptr) {
-      T sum = 0;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < dim; ++j) sum += o[j];
-      row_sums[r] = sum;
-    }
+    forward_row<F>(dim, in.q_loc + r * dim, in.q_log_scale + r * dim,
+                   in.p_loc + r * in.p_loc_row_stride, in.p_log_scale + r * in.p_log_scale_row_stride,
+                   out + r * out_row_stride, row_sums != nullptr ? row_sums + r : nullptr);
   }
 }
 
@@ -44,28 +47,34 @@ IVAE_HD void put(T* __restrict__ dst, int64_t j, T value) {
   }
 }
 
+// One row. `omp simd` asserts what restrict says but GCC loses once this is inlined: the
+// stores do not feed later loads, so the loop vectorises.
+template <ExpFamily F, bool kPerElement, bool kAccPLoc, bool kAccPLogScale, typename T>
+IVAE_HD void backward_row(int64_t dim, const T* __restrict__ mq, const T* __restrict__ lq,
+                          const T* __restrict__ mp, const T* __restrict__ lp,
+                          const T* __restrict__ upstream, T* __restrict__ gmq,
+                          T* __restrict__ glq, T* __restrict__ gmp, T* __restrict__ glp) {
+  const T row_upstream = kPerElement ? T(0) : upstream[0];
+#pragma omp simd
+  for (int64_t j = 0; j < dim; ++j) {
+    const T u = kPerElement ? upstream[j] : row_upstream;
+    const math::KlGrad<T> d = math::expfam_kl_grad<F>(mq[j], lq[j], mp[j], lp[j], u);
+    gmq[j] = d.q_loc;
+    glq[j] = d.q_log_scale;
+    put<kAccPLoc>(gmp, j, d.p_loc);
+    put<kAccPLogScale>(glp, j, d.p_log_scale);
+  }
+}
+
 template <ExpFamily F, bool kPerElement, bool kAccPLoc, bool kAccPLogScale, typename T>
 IVAE_HD void backward_impl(const KlRowsInput<T>& in, const KlRowsGrad<T>& g) {
   const int64_t dim = in.dim;
   for (int64_t r = 0; r < in.rows; ++r) {
-    const T* __restrict__ mq = in.q_loc + r * dim;
-    const T* __restrict__ lq = in.q_log_scale + r * dim;
-    const T* __restrict__ mp = in.p_loc + r * in.p_loc_row_stride;
-    const T* __restrict__ lp = in.p_log_scale + r * in.p_log_scale_row_stride;
-    const T* __restrict__ up = g.grad + (kPerElement ? r * dim : r);
-    T* __restrict__ gmq = g.q_loc.data + r * g.q_loc.row_stride;
-    T* __restrict__ glq = g.q_log_scale.data + r * g.q_log_scale.row_stride;
-    T* __restrict__ gmp = g.p_loc.data + r * g.p_loc.row_stride;
-    T* __restrict__ glp = g.p_log_scale.data + r * g.p_log_scale.row_stride;
-    const T row_grad = kPerElement ? T(0) : up[0];
-    for (int64_t j = 0; j < dim; ++j) {
-      const T upstream = kPerElement ? up[j] : row_grad;
-      const math::KlGrad<T> d = math::expfam_kl_grad<F>(mq[j], lq[j], mp[j], lp[j], upstream);
-      gmq[j] = d.q_loc;
-      glq[j] = d.q_log_scale;
-      put<kAccPLoc>(gmp, j, d.p_loc);
-      put<kAccPLogScale>(glp, j, d.p_log_scale);
-    }
+    backward_row<F, kPerElement, kAccPLoc, kAccPLogScale>(
+        dim, in.q_loc + r * dim, in.q_log_scale + r * dim, in.p_loc + r * in.p_loc_row_stride,
+        in.p_log_scale + r * in.p_log_scale_row_stride, g.grad + (kPerElement ? r * dim : r),
+        g.q_loc.data + r * g.q_loc.row_stride, g.q_log_scale.data + r * g.q_log_scale.row_stride,
+        g.p_loc.data + r * g.p_loc.row_stride, g.p_log_scale.data + r * g.p_log_scale.row_stride);
   }
 }
 

@@ -7,6 +7,9 @@
 // partial sums in a fixed order, so results are deterministic.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdint>
 
 #include "common/broadcast_layout.h"
@@ -56,9 +59,32 @@ __device__ __forceinline__ acc_t warp_sum(acc_t value) {
   return value;
 }
 
+// Storage type <-> math type. Explicit for 16-bit floats: torch builds with their implicit
+// conversions disabled.
+template <typename acc_t, typename scalar_t>
+struct Convert {
+  static __device__ __forceinline__ acc_t in(scalar_t x) { return static_cast<acc_t>(x); }
+  static __device__ __forceinline__ scalar_t out(acc_t x) { return static_cast<scalar_t>(x); }
+};
+template <>
+struct Convert<float, __half> {
+  static __device__ __forceinline__ float in(__half x) { return __half2float(x); }
+  static __device__ __forceinline__ __half out(float x) { return __float2half_rn(x); }
+};
+template <>
+struct Convert<float, __nv_bfloat16> {
+  static __device__ __forceinline__ float in(__nv_bfloat16 x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ __nv_bfloat16 out(float x) { return __float2bfloat16_rn(x); }
+};
+
 template <typename acc_t, typename scalar_t>
 __device__ __forceinline__ acc_t load(const scalar_t* data, int64_t index) {
-  return static_cast<acc_t>(data[index]);
+  return Convert<acc_t, scalar_t>::in(data[index]);
+}
+
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ void store(scalar_t* data, int64_t index, acc_t value) {
+  data[index] = Convert<acc_t, scalar_t>::out(value);
 }
 
 __device__ __forceinline__ int64_t p_index(const BroadcastLayout& layout, int64_t i, int64_t j) {
@@ -80,7 +106,7 @@ __global__ void __launch_bounds__(kTileCols* kTileRows)
       kl = math::expfam_kl_value<F>(load<acc_t>(in.q_loc, e), load<acc_t>(in.q_log_scale, e),
                                     load<acc_t>(in.p_loc, p_index(in.p_loc_layout, i, j)),
                                     load<acc_t>(in.p_log_scale, p_index(in.p_log_scale_layout, i, j)));
-      if (out != nullptr) out[e] = static_cast<scalar_t>(kl);
+      if (out != nullptr) store(out, e, kl);
     }
     if (row_partials != nullptr) {
       kl = warp_sum(kl);  // the whole warp is on row i
@@ -110,10 +136,10 @@ __global__ void __launch_bounds__(kTileCols* kTileRows)
       const acc_t upstream = load<acc_t>(grad, grad_per_element ? e : i);
       d = math::expfam_kl_grad<F>(load<acc_t>(in.q_loc, e), load<acc_t>(in.q_log_scale, e),
                                   load<acc_t>(in.p_loc, ip), load<acc_t>(in.p_log_scale, is), upstream);
-      if (g_q_loc != nullptr) g_q_loc[e] = static_cast<scalar_t>(d.q_loc);
-      if (g_q_log_scale != nullptr) g_q_log_scale[e] = static_cast<scalar_t>(d.q_log_scale);
-      if (g_p_loc.full != nullptr) g_p_loc.full[e] = static_cast<scalar_t>(d.p_loc);
-      if (g_p_log_scale.full != nullptr) g_p_log_scale.full[e] = static_cast<scalar_t>(d.p_log_scale);
+      if (g_q_loc != nullptr) store(g_q_loc, e, d.q_loc);
+      if (g_q_log_scale != nullptr) store(g_q_log_scale, e, d.q_log_scale);
+      if (g_p_loc.full != nullptr) store(g_p_loc.full, e, d.p_loc);
+      if (g_p_log_scale.full != nullptr) store(g_p_log_scale.full, e, d.p_log_scale);
     }
     column_acc[0] += d.p_loc;
     column_acc[1] += d.p_log_scale;

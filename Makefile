@@ -1,0 +1,40 @@
+# A fresh machine needs only these two:  `make demo`  and  `make test`.
+# Each creates the virtual environment .venv (torch, numpy, ...) if missing and builds the
+# extension in place: CUDA kernels when a toolkit is found (CUDA_HOME, default /usr/local/cuda),
+# CPU only otherwise or with IVAE_FORCE_CPU=1.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1
+DEPS := "$(TORCH_SPEC)" numpy scipy tqdm matplotlib scikit-learn ninja setuptools wheel pytest pytest-benchmark
+
+export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda)
+export MAX_JOBS ?= 2
+BUILD_MODE := $(if $(filter 1,$(IVAE_FORCE_CPU)),cpu,$(if $(CUDA_HOME),cuda,cpu))
+
+.PHONY: demo test build bench ratios clean
+
+$(VENV)/.deps-installed:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(DEPS)
+	touch $@
+
+# Compiles into build/<mode> (ninja rebuilds only what changed) and puts _C next to the sources;
+# a .pth file makes the source tree importable from the venv, as an editable install would.
+build: $(VENV)/.deps-installed
+	$(PY) setup.py --quiet build_ext --inplace --force --build-temp build/$(BUILD_MODE)
+	$(PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'ivae_ext_dev.pth'), 'w').write(os.getcwd())"
+	$(PY) -c "import json, ivae_ext; print(json.dumps(ivae_ext.build_info(), indent=1))"
+
+test: build
+	$(PY) -m pytest tests -q
+
+demo: build
+	$(PY) benchmarks/ratios.py --out benchmark_ratios.json
+
+bench: build
+	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-group-by=group --benchmark-columns=median,iqr,rounds
+
+clean:
+	rm -rf build ivae_ext/_C*.so *.egg-info

@@ -1,0 +1,32 @@
+"""Shared test tables and helpers (the op x dtype x device grid and gradient collection)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+FAMILIES = ("gaussian", "laplace")
+REDUCTIONS = ("sum", "none")
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")),
+]
+
+
+def kl_inputs(batch, dim, p_shape, dtype, device, seed=0):
+    """(q_loc, q_log_scale, p_loc, p_log_scale), leaf tensors that require grad."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(shape, scale):
+        return (scale * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype=dtype, device=device).requires_grad_()
+
+    return [make((batch, dim), 1.0), make((batch, dim), 0.5), make(p_shape, 1.0), make(p_shape, 0.5)]
+
+
+def outputs_and_grads(fn, inputs, *args):
+    """fn's output and the gradients of a random projection of it w.r.t. every input."""
+    out = fn(*inputs, *args)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    loss = (out * weights.to(out.dtype).to(out.device)).sum()
+    grads = torch.autograd.grad(loss, inputs)
+    return [out.detach(), *grads]
