@@ -186,9 +186,10 @@ def _vae_kl_term(mu, log_var, prior_loc, prior_log_scale):
     return expfam_kl(mu, 0.5 * log_var, prior_loc, prior_log_scale).mean()
 
 
-def test_torch_compile_fullgraph():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
     torch._dynamo.reset()
-    compiled = torch.compile(_vae_kl_term, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(_vae_kl_term, fullgraph=True, backend=backend)
     inputs = kl_inputs(8, 4, (4,), torch.float64, "cpu")
     eager = outputs_and_grads(_vae_kl_term, inputs)
     got = outputs_and_grads(compiled, inputs)

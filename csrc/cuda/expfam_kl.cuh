@@ -22,8 +22,13 @@
 
 namespace ivae::cuda {
 
-constexpr int kTileCols = 32;
-constexpr int kTileRows = 8;
+// Rows (warps) per block. Overridable so an emulator whose warp shuffles are only exact within
+// single-warp blocks can run the kernels; 8 on GPUs.
+#ifndef IVAE_CUDA_TILE_ROWS
+#define IVAE_CUDA_TILE_ROWS 8
+#endif
+constexpr int kTileCols = 32;  // = warp size: a warp spans one row's 32-column tile
+constexpr int kTileRows = IVAE_CUDA_TILE_ROWS;
 constexpr int64_t kMaxRowBlocks = 1024;  // bounds the partial-sum buffers
 
 template <typename scalar_t>
@@ -156,12 +161,13 @@ __global__ void __launch_bounds__(kTileCols* kTileRows)
   column_sums[0][threadIdx.y][threadIdx.x] = column_acc[0];
   column_sums[1][threadIdx.y][threadIdx.x] = column_acc[1];
   __syncthreads();
-  if (threadIdx.y < 2 && column_in_range) {
-    acc_t* partials = threadIdx.y == 0 ? g_p_loc.column_partials : g_p_log_scale.column_partials;
-    if (partials != nullptr) {
+  if (threadIdx.y == 0 && column_in_range) {
+    acc_t* partials[2] = {g_p_loc.column_partials, g_p_log_scale.column_partials};
+    for (int which = 0; which < 2; ++which) {
+      if (partials[which] == nullptr) continue;
       acc_t s = 0;
-      for (int y = 0; y < kTileRows; ++y) s += column_sums[threadIdx.y][y][threadIdx.x];
-      partials[blockIdx.x * in.dim + j] = s;
+      for (int y = 0; y < kTileRows; ++y) s += column_sums[which][y][threadIdx.x];
+      partials[which][blockIdx.x * in.dim + j] = s;
     }
   }
 }
