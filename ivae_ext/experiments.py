@@ -35,19 +35,20 @@ class TrainConfig:
     reuse_mixing: bool = False
     seed: int = 0
     latent_dim: int | None = None
-    objective: str = "weighted"
+    objective: str = "elbo"
     prior: str | None = None
-    prior_mean: bool = True
+    prior_mean: str = "auto"  # "on" | "off" | "auto": on iff segment means (synthetic) or user data
+    encoder_input: str = "auto"  # "xu" | "x" | "auto": x alone iff the prior mean is learned
     weights: tuple = (100.0, 1.0, 0.0, 10.0)
-    decoder_var: float = 0.1
-    learn_decoder_var: bool = False
+    decoder_var: float = 0.01
+    learn_decoder_var: bool = True
     beta: float = 1.0
     hidden: int = 50
     layers: int = 3
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-2
-    schedule: str = "plateau"
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 3e-3
+    schedule: str = "cosine"
     clip_grad: float = 10.0
     init_seed: int = 0
     restarts: int = 1
@@ -91,16 +92,27 @@ def load_data(cfg: TrainConfig):
     return load_npz(cfg.data)
 
 
+def resolve_prior_mean(cfg: TrainConfig) -> bool:
+    if cfg.prior_mean == "auto":
+        return cfg.segment_means if cfg.data == "tcl" else True
+    if cfg.prior_mean not in ("on", "off"):
+        raise ValueError(f"prior_mean must be 'auto', 'on' or 'off', got {cfg.prior_mean!r}")
+    return cfg.prior_mean == "on"
+
+
 def build_model(cfg: TrainConfig, data_dim: int, aux_dim: int, latent_dim: int):
     if cfg.model == "vae":
         return VAE(data_dim, latent_dim, cfg.hidden, cfg.layers, cfg.decoder_var, cfg.learn_decoder_var, cfg.beta)
     if cfg.model == "ivae":
         prior = cfg.prior or ("laplace" if cfg.source_dist == "laplace" and cfg.data == "tcl" else "gaussian")
         posterior = "gaussian" if cfg.objective == "weighted" else None
+        prior_mean = resolve_prior_mean(cfg)
+        encoder_uses_u = cfg.encoder_input == "xu" or (cfg.encoder_input == "auto" and not prior_mean)
         return IVAE(
-            data_dim, latent_dim, aux_dim, cfg.hidden, cfg.layers, prior=prior, prior_mean=cfg.prior_mean,
+            data_dim, latent_dim, aux_dim, cfg.hidden, cfg.layers, prior=prior, prior_mean=prior_mean,
             posterior=posterior, decoder_var=cfg.decoder_var, learn_decoder_var=cfg.learn_decoder_var,
             objective=cfg.objective, weights=tuple(cfg.weights), beta=cfg.beta,
+            encoder_uses_u=encoder_uses_u,
         )
     raise ValueError(f"model must be 'ivae' or 'vae', got {cfg.model!r}")
 

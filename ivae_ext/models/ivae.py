@@ -1,6 +1,7 @@
 """iVAE: a VAE whose factorized prior p(z|u) is conditioned on an observed auxiliary variable u.
 
-Encoder q(z|x,u): diagonal Gaussian (or the prior's family, see ``posterior``) from MLPs on [x, u].
+Encoder q(z|x,u): diagonal Gaussian (or the prior's family, see ``posterior``) from MLPs on [x, u]
+(on x alone if ``encoder_uses_u=False``: with a learned prior mean this stops z from encoding u).
 Prior p(z|u): factorized Gaussian or Laplace, location and log-scale from an MLP λ(u)
 (location fixed at 0 if ``prior_mean=False``). Decoder p(x|z): Gaussian, mean from an MLP,
 variance fixed or learned (one per data dimension).
@@ -44,6 +45,7 @@ class IVAE(nn.Module):
         weights: tuple[float, float, float, float] = (100.0, 1.0, 0.0, 10.0),
         beta: float = 1.0,
         slope: float = 0.1,
+        encoder_uses_u: bool = True,
     ):
         super().__init__()
         if prior not in FAMILIES:
@@ -62,8 +64,10 @@ class IVAE(nn.Module):
         self.weights = tuple(float(w) for w in weights)
         self.beta = beta
         self.dataset_size = 1  # set by fit(): the N of the minibatch-weighted estimator
-        self.encoder_loc = MLP(data_dim + aux_dim, latent_dim, hidden_dim, n_layers, slope)
-        self.encoder_log_var = MLP(data_dim + aux_dim, latent_dim, hidden_dim, n_layers, slope)
+        self.encoder_uses_u = encoder_uses_u
+        enc_in = data_dim + (aux_dim if encoder_uses_u else 0)
+        self.encoder_loc = MLP(enc_in, latent_dim, hidden_dim, n_layers, slope)
+        self.encoder_log_var = MLP(enc_in, latent_dim, hidden_dim, n_layers, slope)
         self.prior_net = MLP(aux_dim, 2 * latent_dim if prior_mean else latent_dim, hidden_dim, n_layers, slope)
         self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope)
         log_var = torch.full((data_dim,), math.log(decoder_var))
@@ -76,12 +80,12 @@ class IVAE(nn.Module):
         return {
             "data_dim": self.data_dim, "latent_dim": self.latent_dim, "aux_dim": self.aux_dim,
             "prior": self.prior_family, "posterior": self.posterior_family,
-            "prior_mean": self.prior_mean, "objective": self.objective, "weights": list(self.weights),
+            "prior_mean": self.prior_mean, "encoder_uses_u": self.encoder_uses_u, "objective": self.objective, "weights": list(self.weights),
         }
 
     def encode(self, x: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and log-scale of q(z|x,u), each [B, latent_dim]; the location is the estimate."""
-        xu = torch.cat([x, u], dim=1)
+        xu = torch.cat([x, u], dim=1) if self.encoder_uses_u else x
         return self.encoder_loc(xu), 0.5 * self.encoder_log_var(xu)
 
     def prior_params(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
