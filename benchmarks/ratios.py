@@ -40,7 +40,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="timed calls per implementation (median)")
     parser.add_argument("--out", help="also write the rows as JSON to this file (atomically)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"threads: {torch.get_num_threads()}; measuring copy bandwidth ...", flush=True)
     bandwidth = measure_copy_bandwidth()
     rows = []

@@ -1,8 +1,9 @@
 """Batched exponential-family KL(q || p): public wrapper, fake kernels and autograd.
 
-The kernels are ``torch.ops.ivae_ext.expfam_kl`` / ``expfam_kl_backward`` (csrc/); this file
-teaches torch about them (shapes for torch.compile/export, gradients) and falls back to
-``ivae_ext.reference.expfam_kl`` when the extension is not compiled.
+The kernels are ``torch.ops.ivae_ext.expfam_kl`` / ``expfam_kl_backward`` (csrc/), with autograd
+registered in C++; this file gives torch their shapes (fake kernels, for torch.compile/export),
+refuses double backward, and falls back to ``ivae_ext.reference.expfam_kl`` when the extension is
+not compiled.
 """
 
 from __future__ import annotations
@@ -115,19 +116,6 @@ if HAS_EXTENSION:
         # Outputs nobody asked for are empty, as the kernels return them.
         return tuple(t.new_empty(t.shape if wanted else (0,)) for t, wanted in zip(inputs, output_mask))
 
-    def _setup_context(ctx, inputs, output):
-        q_loc, q_log_scale, p_loc, p_log_scale, family, reduction = inputs
-        ctx.save_for_backward(q_loc, q_log_scale, p_loc, p_log_scale)
-        ctx.family = family
-        ctx.reduction = reduction
-
-    def _backward(ctx, grad):
-        output_mask = [bool(m) for m in ctx.needs_input_grad[:4]]
-        grads = torch.ops.ivae_ext.expfam_kl_backward.default(
-            grad, *ctx.saved_tensors, ctx.family, ctx.reduction, output_mask
-        )
-        return (*(g if wanted else None for g, wanted in zip(grads, output_mask)), None, None)
-
     def _double_backward(ctx, *grads):
         raise RuntimeError(
             "ivae_ext.ops.expfam_kl: double backward (second derivatives of the KL) is not "
@@ -137,7 +125,8 @@ if HAS_EXTENSION:
     def _no_context(ctx, inputs, output):
         pass
 
-    torch.library.register_autograd("ivae_ext::expfam_kl", _backward, setup_context=_setup_context)
+    # expfam_kl's autograd is registered in C++ (csrc/expfam_kl_autograd.cpp): per-call Python
+    # would dominate at training-size batches. Its backward op only needs to refuse a second one.
     torch.library.register_autograd(
         "ivae_ext::expfam_kl_backward", _double_backward, setup_context=_no_context
     )
