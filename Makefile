@@ -13,7 +13,7 @@ export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda)
 export MAX_JOBS ?= 2
 BUILD_MODE := $(if $(filter 1,$(IVAE_FORCE_CPU)),cpu,$(if $(CUDA_HOME),cuda,cpu))
 
-.PHONY: demo test build bench ratios clean
+.PHONY: demo test build bench clean
 
 $(VENV)/.deps-installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ demo: build
 	$(PY) benchmarks/ratios.py --out benchmark_ratios.json
 
 bench: build
-	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-group-by=group --benchmark-columns=median,iqr,rounds
+	$(PY) -m pytest benchmarks -q -o python_files='bench_*.py' --benchmark-only --benchmark-group-by=group --benchmark-columns=median,iqr,rounds
 
 clean:
 	rm -rf build ivae_ext/_C*.so *.egg-info
