@@ -44,3 +44,25 @@ def expfam_kl(
     if reduction == "none":
         return kl
     raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def icnn_potential(x, A, b, W, w, alpha) -> torch.Tensor:
+    """ψ(x) of the input-convex network of DESIGN.md op 2, for x [B, d]; returns [B].
+
+    a_0 = A_0 x + b_0, a_k = W_k σ(a_{k-1}) + A_k x + b_k, ψ = wᵀσ(a_{K-1}) + ½ α ‖x‖², σ = softplus.
+    A [K, H, d], b [K, H], W [K-1, H, H] (entry k-1 is W_k), w [H], alpha float or 0-d tensor.
+    """
+    z = torch.nn.functional.softplus(x @ A[0].T + b[0])
+    for k in range(1, A.shape[0]):
+        z = torch.nn.functional.softplus(z @ W[k - 1].T + x @ A[k].T + b[k])
+    return z @ w + 0.5 * alpha * (x * x).sum(-1)
+
+
+def icnn_map(x, A, b, W, w, alpha):
+    """(ψ(x), ∇ψ(x)) with ∇ψ by autograd and create_graph=True: the way the seed papers'
+    code trains through a Brenier map (double backpropagation)."""
+    with torch.enable_grad():
+        x_in = x if x.requires_grad else x.detach().requires_grad_()
+        psi = icnn_potential(x_in, A, b, W, w, alpha)
+        (grad,) = torch.autograd.grad(psi.sum(), x_in, create_graph=True)
+    return psi, grad

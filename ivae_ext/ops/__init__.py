@@ -2,5 +2,6 @@
 fake kernels (and the reference fallback) check with the same messages."""
 
 from ivae_ext.ops.expfam_kl import expfam_kl
+from ivae_ext.ops.icnn_map import icnn_map
 
-__all__ = ["expfam_kl"]
+__all__ = ["expfam_kl", "icnn_map"]

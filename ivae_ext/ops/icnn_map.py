@@ -1,0 +1,79 @@
+"""Fused ICNN potential and Brenier map: ψ(x) and ∇ψ(x) in one pass, analytic backward.
+
+Kernels: ``torch.ops.ivae_ext.icnn_map`` / ``icnn_map_backward`` (csrc/); shapes for
+torch.compile/export and autograd are registered here. Without the compiled op the reference
+(autograd, double backpropagation) runs instead.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+
+import torch
+
+from ivae_ext import reference
+from ivae_ext._extension import HAS_EXTENSION
+
+_ARG_NAMES = ("x", "A", "b", "W", "w")
+HAS_FUSED_ICNN = HAS_EXTENSION and hasattr(torch.ops.ivae_ext, "icnn_map")
+
+
+def check_icnn_args(x, A, b, W, w, alpha) -> None:
+    """The op's argument contract, for fake tensors and the reference fallback (the C++ kernels
+    check the same things, with the same messages, for real tensors)."""
+    tensors = (x, A, b, W, w)
+    for name, t in zip(_ARG_NAMES, tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"icnn_map: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"icnn_map: {name} must be a floating-point tensor, got dtype {t.dtype}")
+    for name, t in zip(_ARG_NAMES[1:] + ("alpha",), tensors[1:] + (alpha,)):
+        if t.dtype != x.dtype:
+            raise TypeError(f"icnn_map: x and {name} must have the same dtype, got {x.dtype} and {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"icnn_map: x and {name} must be on the same device, got {x.device} and {t.device}")
+    if x.dim() != 2:
+        raise ValueError(f"icnn_map: x must have shape [B, d], got {list(x.shape)}")
+    if A.dim() != 3 or A.shape[0] < 1 or A.shape[1] < 1 or A.shape[2] != x.shape[1]:
+        raise ValueError(f"icnn_map: A must have shape [K, H, d] with K, H >= 1 and d = {x.shape[1]}, got {list(A.shape)}")
+    layers, hidden = A.shape[0], A.shape[1]
+    expected = {"b": [layers, hidden], "W": [layers - 1, hidden, hidden], "w": [hidden]}
+    for name, t in (("b", b), ("W", W), ("w", w)):
+        if list(t.shape) != expected[name]:
+            raise ValueError(f"icnn_map: {name} must have shape {expected[name]} (K={layers}, H={hidden}), got {list(t.shape)}")
+    if alpha.dim() != 0:
+        raise ValueError(f"icnn_map: alpha must be a float or a 0-d tensor, got shape {list(alpha.shape)}")
+
+
+def _alpha_tensor(alpha, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(alpha, torch.Tensor):
+        return alpha
+    if isinstance(alpha, Real) and not isinstance(alpha, bool):
+        if alpha < 0:
+            raise ValueError(f"icnn_map: alpha must be >= 0 (strong convexity), got {alpha}")
+        return torch.tensor(float(alpha), dtype=x.dtype, device=x.device)
+    raise TypeError(f"icnn_map: alpha must be a float or a 0-d tensor, got {type(alpha).__name__}")
+
+
+def icnn_map(x, A, b, W, w, alpha=0.0):
+    """(ψ(x) [B], ∇ψ(x) [B, d]) of the ICNN with softplus activations (DESIGN.md op 2).
+
+    Args:
+        x: [B, d] points.
+        A: [K, H, d] input weights (free); b: [K, H] biases.
+        W: [K-1, H, H] hidden weights (entry k-1 is W_k; [0, H, H] when K = 1), w: [H] output
+            weights. W and w must be >= 0 for ψ to be convex: the op computes whatever it is
+            given; ivae_ext.nn.ICNN keeps them non-negative.
+        alpha: strong convexity α >= 0, a float or a 0-d tensor (which can require grad).
+
+    Differentiable once in every argument (the backward is analytic, no autograd graph);
+    a second backward raises an error.
+    """
+    alpha = _alpha_tensor(alpha, x)
+    if not HAS_FUSED_ICNN:
+        check_icnn_args(x, A, b, W, w, alpha)
+        if bool(alpha < 0):
+            raise ValueError(f"icnn_map: alpha must be >= 0 (strong convexity), got {alpha.item()}")
+        return reference.icnn_map(x, A, b, W, w, alpha)
+    psi, grad, _ = torch.ops.ivae_ext.icnn_map.default(x, A, b, W, w, alpha)
+    return psi, grad
