@@ -48,6 +48,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "more reliably across data seeds, see docs/IVAE.md) or the original code's "
                         "weighted decomposition (use with --decoder-var 0.1 --fixed-decoder-var "
                         "--batch-size 64 --lr 1e-2 --schedule plateau --epochs 20 for its recipe)")
+    g.add_argument("--posterior-cov", choices=("full", "diag"), default="full",
+                   help="covariance of the Gaussian q(z|x,u): full (Cholesky factor from the encoder; "
+                        "removes the mean-field bias, recovers sources better) or diagonal. Full needs "
+                        "--objective elbo and a Gaussian prior; otherwise diagonal is used")
     g.add_argument("--weights", type=_weights, default=(100.0, 1.0, 0.0, 10.0),
                    help="a,b,c,d of the weighted objective: reconstruction, MI, TC, dimension-wise KL")
     g.add_argument("--prior", choices=("gaussian", "laplace"), default=None,
@@ -87,7 +91,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 TRAIN_KEYS = (
     "sources", "segments", "per_segment", "mixing_layers", "mixing_activation", "source_dist",
     "segment_means", "reuse_mixing", "objective", "weights", "prior", "prior_mean",
-    "encoder_input", "decoder_var",
+    "encoder_input", "posterior_cov", "decoder_var",
     "learn_decoder_var", "beta", "hidden", "layers", "latent_dim", "epochs", "batch_size", "lr",
     "schedule", "clip_grad", "init_seed", "restarts", "progress",
 )

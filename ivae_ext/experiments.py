@@ -38,6 +38,7 @@ class TrainConfig:
     objective: str = "elbo"
     prior: str | None = None
     prior_mean: str = "auto"  # "on" | "off" | "auto": on iff segment means (synthetic) or user data
+    posterior_cov: str = "full"
     encoder_input: str = "auto"  # "xu" | "x" | "auto": x alone iff the prior mean is learned
     weights: tuple = (100.0, 1.0, 0.0, 10.0)
     decoder_var: float = 0.01
@@ -102,17 +103,19 @@ def resolve_prior_mean(cfg: TrainConfig) -> bool:
 
 def build_model(cfg: TrainConfig, data_dim: int, aux_dim: int, latent_dim: int):
     if cfg.model == "vae":
-        return VAE(data_dim, latent_dim, cfg.hidden, cfg.layers, cfg.decoder_var, cfg.learn_decoder_var, cfg.beta)
+        return VAE(data_dim, latent_dim, cfg.hidden, cfg.layers, cfg.decoder_var, cfg.learn_decoder_var, cfg.beta,
+                   posterior_cov=cfg.posterior_cov)
     if cfg.model == "ivae":
         prior = cfg.prior or ("laplace" if cfg.source_dist == "laplace" and cfg.data == "tcl" else "gaussian")
         posterior = "gaussian" if cfg.objective == "weighted" else None
+        posterior_cov = cfg.posterior_cov if cfg.objective == "elbo" and prior == "gaussian" else "diag"
         prior_mean = resolve_prior_mean(cfg)
         encoder_uses_u = cfg.encoder_input == "xu" or (cfg.encoder_input == "auto" and not prior_mean)
         return IVAE(
             data_dim, latent_dim, aux_dim, cfg.hidden, cfg.layers, prior=prior, prior_mean=prior_mean,
             posterior=posterior, decoder_var=cfg.decoder_var, learn_decoder_var=cfg.learn_decoder_var,
             objective=cfg.objective, weights=tuple(cfg.weights), beta=cfg.beta,
-            encoder_uses_u=encoder_uses_u,
+            encoder_uses_u=encoder_uses_u, posterior_cov=posterior_cov,
         )
     raise ValueError(f"model must be 'ivae' or 'vae', got {cfg.model!r}")
 

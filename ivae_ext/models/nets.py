@@ -59,3 +59,23 @@ def rsample(loc: torch.Tensor, log_scale: torch.Tensor, family: str) -> torch.Te
 def gaussian_decoder_log_lik(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, exp(log_var)) summed over the data dimensions, per sample [B]."""
     return (-_HALF_LOG_2PI - 0.5 * log_var - 0.5 * (x - mean) ** 2 * torch.exp(-log_var)).sum(-1)
+
+
+def scale_tril(log_diag: torch.Tensor, offdiag: torch.Tensor, tril_index: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor [B, d, d] from log-diagonal [B, d] and strictly-lower entries [B, d(d-1)/2]."""
+    batch, dim = log_diag.shape
+    rows, cols = tril_index
+    tril = log_diag.new_zeros(batch, dim, dim)
+    tril[:, rows, cols] = offdiag
+    return tril + torch.diag_embed(torch.exp(log_diag))
+
+
+def correlated_gaussian_terms(loc: torch.Tensor, log_diag: torch.Tensor, chol: torch.Tensor):
+    """For q = N(loc, LLᵀ): a reparametrised draw z, the marginal log-scales, and the KL correction.
+
+    KL(q ‖ any factorized p) = Σ_j KL(q_j ‖ p_j) + Σ_j (log σ_j − log L_jj): the fused KL op takes
+    the marginals q_j; the second sum (q's own total correlation, ≥ 0) is the correction.
+    """
+    marginal_log_scale = 0.5 * torch.log((chol * chol).sum(-1))
+    z = loc + (chol @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1)
+    return z, marginal_log_scale, (marginal_log_scale - log_diag).sum(-1)

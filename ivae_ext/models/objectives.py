@@ -14,9 +14,15 @@ from ivae_ext.models.nets import log_density
 from ivae_ext.ops import expfam_kl
 
 
-def elbo_objective(log_px_z, q_loc, q_log_scale, p_loc, p_log_scale, family: str, beta: float = 1.0):
-    """Negative ELBO: −E_q log p(x|z) + β KL(q(z|·) ‖ p(z|·)), the KL analytic via the fused op."""
+def elbo_objective(log_px_z, q_loc, q_log_scale, p_loc, p_log_scale, family: str, beta: float = 1.0,
+                   kl_extra=None):
+    """Negative ELBO: −E_q log p(x|z) + β KL(q(z|·) ‖ p(z|·)), the KL analytic via the fused op.
+
+    kl_extra [B] is added to the KL (a correlated posterior's part the factorized op does not see).
+    """
     kl = expfam_kl(q_loc, q_log_scale, p_loc, p_log_scale, family=family, reduction="sum")
+    if kl_extra is not None:
+        kl = kl + kl_extra
     recon = -log_px_z.mean()
     kl = kl.mean()
     return {"loss": recon + beta * kl, "recon": recon, "kl": kl}

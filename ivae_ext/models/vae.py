@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ivae_ext.models.nets import MLP, gaussian_decoder_log_lik, rsample
+from ivae_ext.models.nets import MLP, correlated_gaussian_terms, gaussian_decoder_log_lik, rsample, scale_tril
 from ivae_ext.models.objectives import elbo_objective
 
 
@@ -24,12 +24,20 @@ class VAE(nn.Module):
         learn_decoder_var: bool = False,
         beta: float = 1.0,
         slope: float = 0.1,
+        posterior_cov: str = "diag",
     ):
         super().__init__()
+        if posterior_cov not in ("diag", "full"):
+            raise ValueError(f"posterior_cov must be 'diag' or 'full', got {posterior_cov!r}")
+        self.posterior_cov = posterior_cov
         self.data_dim, self.latent_dim, self.beta = data_dim, latent_dim, beta
         self.dataset_size = 1
         self.encoder_loc = MLP(data_dim, latent_dim, hidden_dim, n_layers, slope)
         self.encoder_log_var = MLP(data_dim, latent_dim, hidden_dim, n_layers, slope)
+        if posterior_cov == "full":
+            self.encoder_tril = MLP(data_dim, latent_dim * (latent_dim - 1) // 2, hidden_dim, n_layers, slope)
+            nn.init.zeros_(self.encoder_tril.net[-1].weight)
+            self.register_buffer("_tril_index", torch.tril_indices(latent_dim, latent_dim, -1))
         self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope)
         log_var = torch.full((data_dim,), math.log(decoder_var))
         if learn_decoder_var:
@@ -39,11 +47,21 @@ class VAE(nn.Module):
         self.register_buffer("_zero", torch.zeros(()))
 
     def config(self) -> dict:
-        return {"data_dim": self.data_dim, "latent_dim": self.latent_dim, "beta": self.beta}
+        return {"data_dim": self.data_dim, "latent_dim": self.latent_dim, "beta": self.beta,
+                "posterior_cov": self.posterior_cov}
 
     def encode(self, x: torch.Tensor, u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Location and log-scale of q(z|x); u is ignored (accepted for a common interface)."""
-        return self.encoder_loc(x), 0.5 * self.encoder_log_var(x)
+        """Location and marginal log-scale of q(z|x); u is ignored (accepted for a common interface)."""
+        loc, log_diag, chol = self._posterior(x)
+        if chol is None:
+            return loc, log_diag
+        return loc, 0.5 * torch.log((chol * chol).sum(-1))
+
+    def _posterior(self, x: torch.Tensor):
+        loc, log_diag = self.encoder_loc(x), 0.5 * self.encoder_log_var(x)
+        if self.posterior_cov == "diag":
+            return loc, log_diag, None
+        return loc, log_diag, scale_tril(log_diag, self.encoder_tril(x), self._tril_index)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
@@ -57,8 +75,12 @@ class VAE(nn.Module):
 
     def loss(self, batch: dict) -> dict:
         x = batch["x"]
-        q_loc, q_log_scale = self.encode(x)
-        z = rsample(q_loc, q_log_scale, "gaussian")
+        q_loc, log_diag, chol = self._posterior(x)
+        if chol is None:
+            q_log_scale, kl_extra = log_diag, None
+            z = rsample(q_loc, q_log_scale, "gaussian")
+        else:
+            z, q_log_scale, kl_extra = correlated_gaussian_terms(q_loc, log_diag, chol)
         log_px_z = gaussian_decoder_log_lik(x, self.decode(z), self.decoder_log_var)
         zero = self._zero.expand(1, 1)
-        return elbo_objective(log_px_z, q_loc, q_log_scale, zero, zero, "gaussian", self.beta)
+        return elbo_objective(log_px_z, q_loc, q_log_scale, zero, zero, "gaussian", self.beta, kl_extra)
