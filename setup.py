@@ -77,7 +77,7 @@ def extension():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
         arch_list = os.environ.get("TORCH_CUDA_ARCH_LIST", "detected from the visible GPUs")
     generated = write_build_config(with_cuda, arch_list)
-    sources = sorted(str(p.relative_to(ROOT)) for d in ("", "common", "cpu") for p in (ROOT / "csrc" / d).glob("*.cpp"))
+    sources = sorted(str(p.relative_to(ROOT)) for d in ("", "common", "ops", "cpu") for p in (ROOT / "csrc" / d).glob("*.cpp"))
     kwargs = dict(
         name="ivae_ext._C",
         include_dirs=[str(ROOT / "csrc"), str(generated)],

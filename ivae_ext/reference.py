@@ -52,10 +52,16 @@ def icnn_potential(x, A, b, W, w, alpha) -> torch.Tensor:
     a_0 = A_0 x + b_0, a_k = W_k σ(a_{k-1}) + A_k x + b_k, ψ = wᵀσ(a_{K-1}) + ½ α ‖x‖², σ = softplus.
     A [K, H, d], b [K, H], W [K-1, H, H] (entry k-1 is W_k), w [H], alpha float or 0-d tensor.
     """
-    z = torch.nn.functional.softplus(x @ A[0].T + b[0])
+    z = softplus(x @ A[0].T + b[0])
     for k in range(1, A.shape[0]):
-        z = torch.nn.functional.softplus(z @ W[k - 1].T + x @ A[k].T + b[k])
+        z = softplus(z @ W[k - 1].T + x @ A[k].T + b[k])
     return z @ w + 0.5 * alpha * (x * x).sum(-1)
+
+
+def softplus(a: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^a), exact everywhere. (torch.nn.functional.softplus returns `a` itself above
+    a = 20, an error of e^-20 ~ 2e-9: too coarse for a float64 oracle.)"""
+    return torch.logaddexp(a, torch.zeros_like(a))
 
 
 def icnn_map(x, A, b, W, w, alpha):

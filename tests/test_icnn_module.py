@@ -40,7 +40,7 @@ def test_potential_equals_reference_with_module_weights(dim, hidden, layers, alp
     net = make_icnn(dim, hidden, layers, alpha, raw_scale=1.0)
     x = points((13, dim))
     expected = reference.icnn_potential(x, *net.weights())
-    torch.testing.assert_close(net(x), expected, rtol=1e-12, atol=1e-12, msg="ICNN(x) differs from reference.icnn_potential")
+    torch.testing.assert_close(net(x), expected, rtol=1e-10, atol=1e-10, msg="ICNN(x) differs from reference.icnn_potential")
 
 
 @pytest.mark.parametrize("dim,hidden,layers,alpha", SHAPES)
@@ -49,8 +49,8 @@ def test_map_equals_reference_gradient_and_potential(dim, hidden, layers, alpha)
     x = points((13, dim))
     grad, psi = brenier(x, return_potential=True)
     ref_psi, ref_grad = reference.icnn_map(x, *brenier.potential.weights())
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-12, msg="BrenierMap(x) differs from reference ∇ψ")
-    torch.testing.assert_close(psi, ref_psi, rtol=1e-12, atol=1e-12, msg="BrenierMap ψ differs from reference")
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-10, atol=1e-10, msg="BrenierMap(x) differs from reference ∇ψ")
+    torch.testing.assert_close(psi, ref_psi, rtol=1e-10, atol=1e-10, msg="BrenierMap ψ differs from reference")
     torch.testing.assert_close(brenier(x), grad, rtol=0, atol=0, msg="return_potential changed the map")
 
 

@@ -1,13 +1,7 @@
 #include "cpu/expfam_kl_rows.h"
 
 #include "common/host_device.h"
-
-// One clone per x86-64 microarchitecture level, chosen by the dynamic loader (GCC ifunc).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
-#define IVAE_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define IVAE_CPU_CLONES
-#endif
+#include "cpu/cpu_clones.h"
 
 namespace ivae::cpu {
 namespace {

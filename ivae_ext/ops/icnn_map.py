@@ -77,3 +77,18 @@ def icnn_map(x, A, b, W, w, alpha=0.0):
         return reference.icnn_map(x, A, b, W, w, alpha)
     psi, grad, _ = torch.ops.ivae_ext.icnn_map.default(x, A, b, W, w, alpha)
     return psi, grad
+
+
+if HAS_FUSED_ICNN:
+
+    @torch.library.register_fake("ivae_ext::icnn_map")
+    def _icnn_map_fake(x, A, b, W, w, alpha):
+        check_icnn_args(x, A, b, W, w, alpha)
+        layers, hidden = A.shape[0], A.shape[1]
+        return x.new_empty(x.shape[:1]), x.new_empty(x.shape), x.new_empty((layers, x.shape[0], hidden))
+
+    @torch.library.register_fake("ivae_ext::icnn_map_backward")
+    def _icnn_map_backward_fake(grad_psi, grad_grad, x, A, b, W, w, alpha, preact, output_mask):
+        check_icnn_args(x, A, b, W, w, alpha)
+        inputs = (x, A, b, W, w, alpha)
+        return tuple(t.new_empty(t.shape if wanted else (0,)) for t, wanted in zip(inputs, output_mask))

@@ -1,0 +1,21 @@
+// Validated arguments of ivae_ext::icnn_map (shared by every device's binding).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace ivae {
+
+struct IcnnArgs {
+  int64_t batch, dim, hidden, layers;            // B, d, H, K
+  at::Tensor x, A, b, W, w, alpha;               // contiguous; alpha 0-d
+};
+
+// Checks shapes ([B, d], [K, H, d], [K, H], [K-1, H, H], [H], 0-d), dtypes, devices and α >= 0.
+IcnnArgs parse_icnn_args(const at::Tensor& x, const at::Tensor& A, const at::Tensor& b,
+                         const at::Tensor& W, const at::Tensor& w, const at::Tensor& alpha);
+
+// The backward's extra inputs: grad_psi [B], grad_grad [B, d], preact [K, B, H].
+void check_icnn_backward_args(const IcnnArgs& args, const at::Tensor& grad_psi,
+                              const at::Tensor& grad_grad, const at::Tensor& preact);
+
+}  // namespace ivae

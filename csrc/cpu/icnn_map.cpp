@@ -1,0 +1,116 @@
+// CPU binding of ivae_ext::icnn_map: the fused elementwise steps (loops in icnn_rows.cpp,
+// parallel over rows) plugged into the shared GEMM sequence of ops/icnn_map.cpp.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "common/icnn_args.h"
+#include "cpu/icnn_rows.h"
+#include "ops/icnn_map.h"
+
+namespace ivae::cpu {
+namespace {
+
+constexpr int64_t kTaskElements = 16384;
+
+int64_t grain_rows(int64_t width) { return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(width, 1)); }
+
+void check_cpu_floating(const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+                   "icnn_map: the CPU kernels take float32 or float64, got ", t.scalar_type());
+}
+
+void layer_forward(const at::Tensor& t, const at::Tensor& bias, const at::Tensor& a,
+                   const at::Tensor& z, const at::Tensor& d1) {
+  const int64_t rows = t.size(0), hidden = t.size(1);
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "icnn_layer_forward", [&] {
+    const scalar_t* tp = t.const_data_ptr<scalar_t>();
+    const scalar_t* bp = bias.const_data_ptr<scalar_t>();
+    scalar_t *ap = a.mutable_data_ptr<scalar_t>(), *zp = z.mutable_data_ptr<scalar_t>(),
+             *dp = d1.mutable_data_ptr<scalar_t>();
+    const int64_t ld = t.stride(0);
+    at::parallel_for(0, rows, grain_rows(hidden), [&](int64_t begin, int64_t end) {
+      const int64_t e = begin * hidden;
+      icnn_layer_forward_rows(end - begin, hidden, tp + begin * ld, ld, bp, ap + e, zp + e, dp + e);
+    });
+  });
+}
+
+void top_forward(const at::Tensor& z, const at::Tensor& d1, const at::Tensor& w, const at::Tensor& x,
+                 const at::Tensor& alpha, const at::Tensor& psi, const at::Tensor& g) {
+  const int64_t rows = z.size(0), hidden = z.size(1), dim = x.size(1);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "icnn_top_forward", [&] {
+    const scalar_t alpha_value = alpha.item<scalar_t>();
+    const scalar_t *zp = z.const_data_ptr<scalar_t>(), *dp = d1.const_data_ptr<scalar_t>(),
+                   *wp = w.const_data_ptr<scalar_t>(), *xp = x.const_data_ptr<scalar_t>();
+    scalar_t *psip = psi.mutable_data_ptr<scalar_t>(), *gp = g.mutable_data_ptr<scalar_t>();
+    const int64_t ld = g.stride(0);
+    at::parallel_for(0, rows, grain_rows(hidden), [&](int64_t begin, int64_t end) {
+      icnn_top_forward_rows(end - begin, hidden, dim, zp + begin * hidden, dp + begin * hidden, wp,
+                            xp + begin * dim, alpha_value, psip + begin, gp + begin * ld, ld);
+    });
+  });
+}
+
+void softplus_all(const at::Tensor& a, const at::Tensor& z, const at::Tensor& d1, const at::Tensor& d2) {
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "icnn_softplus_all", [&] {
+    const scalar_t* ap = a.const_data_ptr<scalar_t>();
+    scalar_t *zp = z.mutable_data_ptr<scalar_t>(), *p1 = d1.mutable_data_ptr<scalar_t>(),
+             *p2 = d2.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, a.numel(), kTaskElements, [&](int64_t begin, int64_t end) {
+      icnn_softplus_all(end - begin, ap + begin, zp + begin, p1 + begin, p2 + begin);
+    });
+  });
+}
+
+void layer_adjoint(const at::Tensor& zdot_bar, const at::Tensor& z_bar, const at::Tensor& adot,
+                   const at::Tensor& d1, const at::Tensor& d2, const at::Tensor& adot_bar,
+                   const at::Tensor& a_bar) {
+  const int64_t rows = adot.size(0), hidden = adot.size(1);
+  AT_DISPATCH_FLOATING_TYPES(adot.scalar_type(), "icnn_layer_adjoint", [&] {
+    const scalar_t *zdb = zdot_bar.const_data_ptr<scalar_t>(), *zb = z_bar.const_data_ptr<scalar_t>(),
+                   *ad = adot.const_data_ptr<scalar_t>(), *p1 = d1.const_data_ptr<scalar_t>(),
+                   *p2 = d2.const_data_ptr<scalar_t>();
+    scalar_t *adb = adot_bar.mutable_data_ptr<scalar_t>(), *ab = a_bar.mutable_data_ptr<scalar_t>();
+    const int64_t zdb_ld = zdot_bar.stride(0), zb_ld = z_bar.stride(0);
+    const int64_t adb_ld = adot_bar.stride(0), ab_ld = a_bar.stride(0);
+    at::parallel_for(0, rows, grain_rows(hidden), [&](int64_t begin, int64_t end) {
+      const int64_t e = begin * hidden;
+      icnn_layer_adjoint_rows(end - begin, hidden, zdb + begin * zdb_ld, zdb_ld, zb + begin * zb_ld,
+                              zb_ld, ad + e, p1 + e, p2 + e, adb + begin * adb_ld, adb_ld,
+                              ab + begin * ab_ld, ab_ld);
+    });
+  });
+}
+
+const icnn::Elementwise kCpuElementwise{&layer_forward, &top_forward, &softplus_all, &layer_adjoint};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> icnn_map_cpu(const at::Tensor& x, const at::Tensor& A,
+                                                            const at::Tensor& b, const at::Tensor& W,
+                                                            const at::Tensor& w, const at::Tensor& alpha) {
+  const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha);
+  check_cpu_floating(args.x);
+  return icnn::forward(kCpuElementwise, args);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> icnn_map_backward_cpu(
+    const at::Tensor& grad_psi, const at::Tensor& grad_grad, const at::Tensor& x, const at::Tensor& A,
+    const at::Tensor& b, const at::Tensor& W, const at::Tensor& w, const at::Tensor& alpha,
+    const at::Tensor& preact, std::array<bool, 6> output_mask) {
+  const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha);
+  check_cpu_floating(args.x);
+  check_icnn_backward_args(args, grad_psi, grad_grad, preact);
+  return icnn::backward(kCpuElementwise, grad_psi, grad_grad, args, preact.contiguous(), output_mask);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ivae_ext, CPU, m) {
+  m.impl("icnn_map", &icnn_map_cpu);
+  m.impl("icnn_map_backward", &icnn_map_backward_cpu);
+}
+
+}  // namespace ivae::cpu

@@ -1,0 +1,118 @@
+#include "ops/icnn_map.h"
+
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/mv.h>
+#include <ATen/ops/outer.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+
+namespace ivae::icnn {
+namespace {
+
+// Column block k of a [B, K*H] buffer: layer k's [B, H] slice (row stride K*H).
+at::Tensor block(const at::Tensor& stacked, int64_t k, int64_t hidden) {
+  return stacked.narrow(1, k * hidden, hidden);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, const IcnnArgs& a) {
+  const int64_t B = a.batch, K = a.layers, H = a.hidden;
+  const auto opts = a.x.options();
+  const at::Tensor A_stacked = a.A.view({K * H, a.dim});  // rows: layer-major hidden units
+  const at::Tensor input_terms = at::mm(a.x, A_stacked.t());  // [B, K*H]: x A_kᵀ for every k
+  at::Tensor preact = at::empty({K, B, H}, opts);
+  at::Tensor d1 = at::empty({K, B, H}, opts);
+  at::Tensor z = at::empty({B, H}, opts), z_next = at::empty({B, H}, opts);
+  for (int64_t k = 0; k < K; ++k) {
+    const at::Tensor t = k == 0 ? block(input_terms, 0, H)
+                                : at::addmm(block(input_terms, k, H), z, a.W[k - 1].t());
+    ew.layer_forward(t, a.b[k], preact[k], z_next, d1[k]);
+    std::swap(z, z_next);
+  }
+  // Reverse sweep: g_{K-1} = w ⊙ σ'(a_{K-1}), g_{k-1} = (g_k W_k) ⊙ σ'(a_{k-1}).
+  at::Tensor psi = at::empty({B}, opts);
+  at::Tensor gates = at::empty({B, K * H}, opts);  // [g_0 | ... | g_{K-1}]
+  ew.top_forward(z, d1[K - 1], a.w, a.x, a.alpha, psi, block(gates, K - 1, H));
+  for (int64_t k = K - 1; k >= 1; --k) {
+    at::Tensor g_prev = block(gates, k - 1, H);
+    at::mul_out(g_prev, at::mm(block(gates, k, H), a.W[k - 1]), d1[k - 1]);
+  }
+  // ∇ψ = Σ_k g_k A_k + α x, one GEMM over the stacked layers.
+  at::Tensor grad = at::mm(gates, A_stacked);
+  grad.addcmul_(a.x, a.alpha);
+  return {psi, grad, preact};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const Elementwise& ew, const at::Tensor& grad_psi, const at::Tensor& grad_grad,
+    const IcnnArgs& a, const at::Tensor& preact, std::array<bool, 6> mask) {
+  const int64_t B = a.batch, K = a.layers, H = a.hidden;
+  const auto opts = a.x.options();
+  const at::Tensor A_stacked = a.A.view({K * H, a.dim});
+  const at::Tensor psi_bar = grad_psi.contiguous();
+  const at::Tensor g_bar = grad_grad.contiguous();
+
+  at::Tensor z = at::empty({K, B, H}, opts), d1 = at::empty({K, B, H}, opts),
+             d2 = at::empty({K, B, H}, opts);
+  ew.softplus_all(preact, z, d1, d2);
+
+  // Tangent along ḡ: ȧ_0 = A_0 ḡ, ȧ_k = W_k ż_{k-1} + A_k ḡ, ż_k = σ'(a_k) ȧ_k.
+  const at::Tensor input_tangents = at::mm(g_bar, A_stacked.t());  // [B, K*H]
+  at::Tensor adot = at::empty({K, B, H}, opts), zdot = at::empty({K, B, H}, opts);
+  for (int64_t k = 0; k < K; ++k) {
+    if (k == 0) {
+      adot[0].copy_(block(input_tangents, 0, H));
+    } else {
+      at::Tensor adot_k = adot[k];
+      at::addmm_out(adot_k, block(input_tangents, k, H), zdot[k - 1], a.W[k - 1].t());
+    }
+    at::Tensor zdot_k = zdot[k];
+    at::mul_out(zdot_k, d1[k], adot[k]);
+  }
+
+  // Reverse through both chains, from z̄_{K-1} = ψ̄ w and ż̄_{K-1} = w.
+  at::Tensor a_bar = at::empty({B, K * H}, opts), adot_bar = at::empty({B, K * H}, opts);
+  at::Tensor z_bar = at::outer(psi_bar, a.w);
+  at::Tensor zdot_bar = a.w.expand({B, H});
+  at::Tensor W_bar = mask[3] ? at::empty({K - 1, H, H}, opts) : at::empty({0}, opts);
+  for (int64_t k = K - 1; k >= 0; --k) {
+    const at::Tensor a_bar_k = block(a_bar, k, H), adot_bar_k = block(adot_bar, k, H);
+    ew.layer_adjoint(zdot_bar, z_bar, adot[k], d1[k], d2[k], adot_bar_k, a_bar_k);
+    if (k == 0) break;
+    if (mask[3]) {
+      at::Tensor W_bar_k = W_bar[k - 1];
+      at::mm_out(W_bar_k, a_bar_k.t(), z[k - 1]);
+      W_bar_k.addmm_(adot_bar_k.t(), zdot[k - 1]);
+    }
+    z_bar = at::mm(a_bar_k, a.W[k - 1]);
+    zdot_bar = at::mm(adot_bar_k, a.W[k - 1]);
+  }
+
+  at::Tensor x_bar, A_bar, b_bar, w_bar, alpha_bar;
+  if (mask[0]) {  // Σ_k A_kᵀ ā_k + α (ψ̄ x + ḡ)
+    x_bar = at::mm(a_bar, A_stacked);
+    x_bar.addcmul_(g_bar.addcmul(a.x, psi_bar.unsqueeze(1)), a.alpha);
+  }
+  if (mask[1]) {  // ā_kᵀ x + ǡ_kᵀ ḡ, all layers in one pair of GEMMs
+    A_bar = at::mm(a_bar.t(), a.x);
+    A_bar.addmm_(adot_bar.t(), g_bar);
+    A_bar = A_bar.view({K, H, a.dim});
+  }
+  if (mask[2]) b_bar = at::sum(a_bar, {0}).view({K, H});
+  if (mask[4]) {  // Σ_b ψ̄_b z_{K-1} + ż_{K-1}
+    w_bar = at::mv(z[K - 1].t(), psi_bar);
+    w_bar.add_(at::sum(zdot[K - 1], {0}));
+  }
+  if (mask[5]) {  // Σ_b ψ̄_b ½‖x_b‖² + x_b·ḡ_b
+    alpha_bar = a.x.mul(g_bar.addcmul(a.x, psi_bar.unsqueeze(1), 0.5)).sum();
+  }
+  const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, opts); };
+  return {or_empty(x_bar), or_empty(A_bar), or_empty(b_bar), mask[3] ? W_bar : at::empty({0}, opts),
+          or_empty(w_bar), or_empty(alpha_bar)};
+}
+
+}  // namespace ivae::icnn

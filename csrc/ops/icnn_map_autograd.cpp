@@ -1,0 +1,80 @@
+// Autograd of ivae_ext::icnn_map, in C++ for every device: the backward is the analytic
+// icnn_map_backward op (no autograd graph of the forward is kept).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <array>
+#include <tuple>
+
+namespace ivae {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using Tensor = at::Tensor;
+using SixTensors = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+std::tuple<Tensor, Tensor, Tensor> icnn_map_op(const Tensor& x, const Tensor& A, const Tensor& b,
+                                               const Tensor& W, const Tensor& w, const Tensor& alpha) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("ivae_ext::icnn_map", "")
+                       .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                 const Tensor&, const Tensor&, const Tensor&)>();
+  return op.call(x, A, b, W, w, alpha);
+}
+
+SixTensors icnn_map_backward_op(const Tensor& grad_psi, const Tensor& grad_grad, const Tensor& x,
+                                const Tensor& A, const Tensor& b, const Tensor& W, const Tensor& w,
+                                const Tensor& alpha, const Tensor& preact, std::array<bool, 6> mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("ivae_ext::icnn_map_backward", "")
+                       .typed<SixTensors(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                         const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                         const Tensor&, std::array<bool, 6>)>();
+  return op.call(grad_psi, grad_grad, x, A, b, W, w, alpha, preact, mask);
+}
+
+class IcnnMapFunction : public torch::autograd::Function<IcnnMapFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& A, const Tensor& b,
+                               const Tensor& W, const Tensor& w, const Tensor& alpha) {
+    Tensor psi, grad, preact;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(psi, grad, preact) = icnn_map_op(x, A, b, W, w, alpha);
+    }
+    ctx->save_for_backward({x, A, b, W, w, alpha, preact});
+    ctx->mark_non_differentiable({preact});
+    return {psi, grad, preact};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "ivae_ext.ops.icnn_map: double backward (create_graph=True through the Brenier map) "
+                "is not supported; use ivae_ext.reference.icnn_map where third derivatives are needed");
+    const variable_list s = ctx->get_saved_variables();
+    std::array<bool, 6> mask;
+    for (size_t i = 0; i < mask.size(); ++i) mask[i] = ctx->needs_input_grad(i);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const auto grads = icnn_map_backward_op(grad_outputs[0], grad_outputs[1], s[0], s[1], s[2], s[3],
+                                            s[4], s[5], s[6], mask);
+    const Tensor all[6] = {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads),
+                           std::get<3>(grads), std::get<4>(grads), std::get<5>(grads)};
+    variable_list out(6);
+    for (size_t i = 0; i < 6; ++i) out[i] = mask[i] ? all[i] : Tensor();
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> icnn_map_autograd(const Tensor& x, const Tensor& A, const Tensor& b,
+                                                     const Tensor& W, const Tensor& w, const Tensor& alpha) {
+  const variable_list out = IcnnMapFunction::apply(x, A, b, W, w, alpha);
+  return {out[0], out[1], out[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ivae_ext, Autograd, m) { m.impl("icnn_map", &icnn_map_autograd); }
+
+}  // namespace ivae
