@@ -56,12 +56,19 @@ void top_forward(const at::Tensor& z, const at::Tensor& d1, const at::Tensor& w,
 }
 
 void softplus_all(const at::Tensor& a, const at::Tensor& z, const at::Tensor& d1, const at::Tensor& d2) {
+  const int64_t layers = a.size(0), per_layer = a.size(1) * a.size(2);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "icnn_softplus_all", [&] {
     const scalar_t* ap = a.const_data_ptr<scalar_t>();
     scalar_t *zp = z.mutable_data_ptr<scalar_t>(), *p1 = d1.mutable_data_ptr<scalar_t>(),
              *p2 = d2.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, a.numel(), kTaskElements, [&](int64_t begin, int64_t end) {
-      icnn_softplus_all(end - begin, ap + begin, zp + begin, p1 + begin, p2 + begin);
+    const int64_t z_layer_stride = z.stride(0);
+    at::parallel_for(0, layers * per_layer, kTaskElements, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end;) {  // split the range at layer boundaries
+        const int64_t k = i / per_layer, offset = i - k * per_layer;
+        const int64_t n = std::min(end - i, per_layer - offset);
+        icnn_softplus_all(n, ap + i, zp + k * z_layer_stride + offset, p1 + i, p2 + i);
+        i += n;
+      }
     });
   });
 }

@@ -46,9 +46,15 @@ void top_forward(const at::Tensor& z, const at::Tensor& d1, const at::Tensor& w,
 }
 
 void softplus_all(const at::Tensor& a, const at::Tensor& z, const at::Tensor& d1, const at::Tensor& d2) {
+  const int64_t per_layer = a.size(1) * a.size(2);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "icnn_softplus_all_cuda", [&] {
-    launch_softplus_all<scalar_t>(a.numel(), a.const_data_ptr<scalar_t>(), z.mutable_data_ptr<scalar_t>(),
-                                  d1.mutable_data_ptr<scalar_t>(), d2.mutable_data_ptr<scalar_t>(), stream());
+    for (int64_t k = 0; k < a.size(0); ++k) {  // z's layers may be spaced apart
+      const int64_t offset = k * per_layer;
+      launch_softplus_all<scalar_t>(per_layer, a.const_data_ptr<scalar_t>() + offset,
+                                    z.mutable_data_ptr<scalar_t>() + k * z.stride(0),
+                                    d1.mutable_data_ptr<scalar_t>() + offset,
+                                    d2.mutable_data_ptr<scalar_t>() + offset, stream());
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -1,6 +1,8 @@
 #include "ops/icnn_map.h"
 
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/ones_like.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
@@ -55,64 +57,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor A_stacked = a.A.view({K * H, a.dim});
   const at::Tensor psi_bar = grad_psi.contiguous();
   const at::Tensor g_bar = grad_grad.contiguous();
-
-  at::Tensor z = at::empty({K, B, H}, opts), d1 = at::empty({K, B, H}, opts),
-             d2 = at::empty({K, B, H}, opts);
-  ew.softplus_all(preact, z, d1, d2);
+  // The primal and tangent chains are stacked row-wise ([z_k; ż_k], [ā_k; ǡ_k]) so that each
+  // weight gradient and each step back through W_k is one GEMM over 2B rows instead of two.
+  at::Tensor zz = at::empty({K, 2 * B, H}, opts);  // [z_k; ż_k]
+  at::Tensor d1 = at::empty({K, B, H}, opts), d2 = at::empty({K, B, H}, opts);
+  ew.softplus_all(preact, zz.narrow(1, 0, B), d1, d2);
 
   // Tangent along ḡ: ȧ_0 = A_0 ḡ, ȧ_k = W_k ż_{k-1} + A_k ḡ, ż_k = σ'(a_k) ȧ_k.
   const at::Tensor input_tangents = at::mm(g_bar, A_stacked.t());  // [B, K*H]
-  at::Tensor adot = at::empty({K, B, H}, opts), zdot = at::empty({K, B, H}, opts);
+  at::Tensor adot = at::empty({K, B, H}, opts);
   for (int64_t k = 0; k < K; ++k) {
+    at::Tensor adot_k = adot[k];
     if (k == 0) {
-      adot[0].copy_(block(input_tangents, 0, H));
+      adot_k.copy_(block(input_tangents, 0, H));
     } else {
-      at::Tensor adot_k = adot[k];
-      at::addmm_out(adot_k, block(input_tangents, k, H), zdot[k - 1], a.W[k - 1].t());
+      at::addmm_out(adot_k, block(input_tangents, k, H), zz[k - 1].narrow(0, B, B), a.W[k - 1].t());
     }
-    at::Tensor zdot_k = zdot[k];
-    at::mul_out(zdot_k, d1[k], adot[k]);
+    at::Tensor zdot_k = zz[k].narrow(0, B, B);
+    at::mul_out(zdot_k, d1[k], adot_k);
   }
 
   // Reverse through both chains, from z̄_{K-1} = ψ̄ w and ż̄_{K-1} = w.
-  at::Tensor a_bar = at::empty({B, K * H}, opts), adot_bar = at::empty({B, K * H}, opts);
+  at::Tensor bars = at::empty({2 * B, K * H}, opts);  // [ā; ǡ], layer k in column block k
   at::Tensor z_bar = at::outer(psi_bar, a.w);
   at::Tensor zdot_bar = a.w.expand({B, H});
   at::Tensor W_bar = mask[3] ? at::empty({K - 1, H, H}, opts) : at::empty({0}, opts);
   for (int64_t k = K - 1; k >= 0; --k) {
-    const at::Tensor a_bar_k = block(a_bar, k, H), adot_bar_k = block(adot_bar, k, H);
-    ew.layer_adjoint(zdot_bar, z_bar, adot[k], d1[k], d2[k], adot_bar_k, a_bar_k);
+    const at::Tensor bars_k = block(bars, k, H);
+    ew.layer_adjoint(zdot_bar, z_bar, adot[k], d1[k], d2[k], bars_k.narrow(0, B, B), bars_k.narrow(0, 0, B));
     if (k == 0) break;
-    if (mask[3]) {
+    if (mask[3]) {  // W̄_k = ā_kᵀ z_{k-1} + ǡ_kᵀ ż_{k-1}
       at::Tensor W_bar_k = W_bar[k - 1];
-      at::mm_out(W_bar_k, a_bar_k.t(), z[k - 1]);
-      W_bar_k.addmm_(adot_bar_k.t(), zdot[k - 1]);
+      at::mm_out(W_bar_k, bars_k.t(), zz[k - 1]);
     }
-    z_bar = at::mm(a_bar_k, a.W[k - 1]);
-    zdot_bar = at::mm(adot_bar_k, a.W[k - 1]);
+    const at::Tensor both_bars = at::mm(bars_k, a.W[k - 1]);  // [z̄_{k-1}; ż̄_{k-1}]
+    z_bar = both_bars.narrow(0, 0, B);
+    zdot_bar = both_bars.narrow(0, B, B);
   }
 
+  const at::Tensor a_bar = bars.narrow(0, 0, B);
   at::Tensor x_bar, A_bar, b_bar, w_bar, alpha_bar;
   if (mask[0]) {  // Σ_k A_kᵀ ā_k + α (ψ̄ x + ḡ)
     x_bar = at::mm(a_bar, A_stacked);
     x_bar.addcmul_(g_bar.addcmul(a.x, psi_bar.unsqueeze(1)), a.alpha);
   }
-  if (mask[1]) {  // ā_kᵀ x + ǡ_kᵀ ḡ, all layers in one pair of GEMMs
-    A_bar = at::mm(a_bar.t(), a.x);
-    A_bar.addmm_(adot_bar.t(), g_bar);
-    A_bar = A_bar.view({K, H, a.dim});
+  if (mask[1]) {  // ā_kᵀ x + ǡ_kᵀ ḡ for every layer: one GEMM over [x; ḡ]
+    A_bar = at::mm(bars.t(), at::cat({a.x, g_bar})).view({K, H, a.dim});
   }
   if (mask[2]) b_bar = at::sum(a_bar, {0}).view({K, H});
   if (mask[4]) {  // Σ_b ψ̄_b z_{K-1} + ż_{K-1}
-    w_bar = at::mv(z[K - 1].t(), psi_bar);
-    w_bar.add_(at::sum(zdot[K - 1], {0}));
+    w_bar = at::mv(zz[K - 1].t(), at::cat({psi_bar, at::ones_like(psi_bar)}));
   }
   if (mask[5]) {  // Σ_b ψ̄_b ½‖x_b‖² + x_b·ḡ_b
     alpha_bar = a.x.mul(g_bar.addcmul(a.x, psi_bar.unsqueeze(1), 0.5)).sum();
   }
   const auto or_empty = [&](const at::Tensor& t) { return t.defined() ? t : at::empty({0}, opts); };
-  return {or_empty(x_bar), or_empty(A_bar), or_empty(b_bar), mask[3] ? W_bar : at::empty({0}, opts),
-          or_empty(w_bar), or_empty(alpha_bar)};
+  return {or_empty(x_bar), or_empty(A_bar), or_empty(b_bar), W_bar, or_empty(w_bar), or_empty(alpha_bar)};
 }
 
 }  // namespace ivae::icnn

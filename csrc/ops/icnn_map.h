@@ -21,7 +21,8 @@ struct Elementwise {
   void (*top_forward)(const at::Tensor& z, const at::Tensor& d1, const at::Tensor& w,
                       const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& psi,
                       const at::Tensor& g);
-  // z, d1, d2 = σ, σ', σ'' of every pre-activation (all contiguous, one shape).
+  // z, d1, d2 = σ, σ', σ'' of every pre-activation. All [K, B, H]; a, d1, d2 contiguous, z
+  // contiguous within a layer (its layer stride may be larger).
   void (*softplus_all)(const at::Tensor& a, const at::Tensor& z, const at::Tensor& d1,
                        const at::Tensor& d2);
   // ǡ = ż̄ σ', ā = ż̄ ȧ σ'' + z̄ σ' (all [B, H]).
