@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import expfam_kl_cases as kl  # noqa: E402
+import icnn_map_cases as icnn  # noqa: E402
 from timing import measure_copy_bandwidth, median_times  # noqa: E402
 
 
@@ -36,6 +37,31 @@ def expfam_kl_rows(rounds: int, bandwidth: float):
             }
 
 
+def icnn_map_rows(rounds: int, gemm_flops_per_s: float):
+    impls = icnn.implementations()
+    for size in icnn.SIZES:
+        inputs = icnn.make_inputs(*size)
+        times = median_times({name: icnn.training_step(fn, inputs) for name, fn in impls.items()}, rounds)
+        achieved = icnn.fused_step_flops(*size) / times["fused"]
+        yield {
+            "op": "icnn_map",
+            "case": "B={} d={} H={} K={}".format(*size),
+            "mode": "forward+backward",
+            "reference / fused": times["reference (double backprop)"] / times["fused"],
+            "fused GFLOP/s": achieved / 1e9,
+            "fused / GEMM rate": achieved / gemm_flops_per_s,
+        }
+
+
+def print_table(title_columns, rows, formats):
+    header = " ".join(f"{name:>{width}}" for name, width in title_columns)
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        print(" ".join(fmt(row) for fmt in formats), flush=True)
+        yield row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="timed calls per implementation (median)")
@@ -47,21 +73,28 @@ def main(argv=None) -> int:
     print(f"threads: {torch.get_num_threads()}; measuring copy bandwidth ...", flush=True)
     bandwidth = measure_copy_bandwidth()
     rows = []
-    header = f"{'op':<10} {'case':<16} {'mode':<17} {'eager/fused':>12} {'compiled/fused':>15} {'fused/floor':>12}"
-    print(header)
-    print("-" * len(header))
-    for row in expfam_kl_rows(args.rounds, bandwidth):
-        rows.append(row)
-        print(
-            f"{row['op']:<10} {row['case']:<16} {row['mode']:<17} {row['eager / fused']:>11.2f}x "
-            f"{row['compiled / fused']:>14.2f}x {row['fused / bandwidth floor']:>11.2f}x",
-            flush=True,
-        )
-    print("ratios are medians of interleaved calls; fused/floor = fused time / (bytes that must move / copy bandwidth)")
+    kl_columns = [("op", 10), ("case", 16), ("mode", 17), ("eager/fused", 12), ("compiled/fused", 15), ("fused/floor", 12)]
+    kl_formats = [
+        lambda r: f"{r['op']:>10}", lambda r: f"{r['case']:>16}", lambda r: f"{r['mode']:>17}",
+        lambda r: f"{r['eager / fused']:>11.2f}x", lambda r: f"{r['compiled / fused']:>14.2f}x",
+        lambda r: f"{r['fused / bandwidth floor']:>11.2f}x",
+    ]
+    rows += list(print_table(kl_columns, expfam_kl_rows(args.rounds, bandwidth), kl_formats))
+    print("expfam_kl: fused/floor = fused time / (bytes that must move / copy bandwidth)\n")
+    rate = icnn.gemm_rate()
+    icnn_columns = [("op", 10), ("case", 24), ("mode", 17), ("ref/fused", 10), ("GFLOP/s", 9), ("of GEMM rate", 13)]
+    icnn_formats = [
+        lambda r: f"{r['op']:>10}", lambda r: f"{r['case']:>24}", lambda r: f"{r['mode']:>17}",
+        lambda r: f"{r['reference / fused']:>9.2f}x", lambda r: f"{r['fused GFLOP/s']:>9.1f}",
+        lambda r: f"{100 * r['fused / GEMM rate']:>12.0f}%",
+    ]
+    rows += list(print_table(icnn_columns, icnn_map_rows(max(5, args.rounds // 3), rate), icnn_formats))
+    print(f"icnn_map: reference = autograd double backprop; GEMM rate measured here: {rate / 1e9:.1f} GFLOP/s (fp32 1024^3)")
+    print("all ratios are medians of interleaved calls in this one process")
     if args.out:
         directory = os.path.dirname(os.path.abspath(args.out))
         with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as handle:
-            json.dump({"threads": torch.get_num_threads(), "copy_bandwidth_bytes_per_s": bandwidth, "rows": rows}, handle, indent=2)
+            json.dump({"threads": torch.get_num_threads(), "copy_bandwidth_bytes_per_s": bandwidth, "gemm_flops_per_s": rate, "rows": rows}, handle, indent=2)
         os.replace(handle.name, args.out)
     return 0
 

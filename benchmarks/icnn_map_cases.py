@@ -1,0 +1,62 @@
+"""Benchmark cases for icnn_map: a training step through a Brenier map, loss = f(∇ψ(x))."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+import ivae_ext
+from ivae_ext import reference
+
+# (B, d, H, K): a small map (per-op overhead dominates) and a large one (GEMMs dominate).
+SIZES = [(1024, 8, 64, 3), (4096, 64, 256, 4)]
+
+
+def make_inputs(batch, dim, hidden, layers, dtype=torch.float32):
+    """x and ICNN parameters (W, w >= 0), all requiring grad as in training."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, dim, generator=gen, dtype=dtype)
+    A = torch.randn(layers, hidden, dim, generator=gen, dtype=dtype) / dim**0.5
+    b = torch.randn(layers, hidden, generator=gen, dtype=dtype)
+    W = torch.rand(layers - 1, hidden, hidden, generator=gen, dtype=dtype) * (2.0 / hidden)
+    w = torch.rand(hidden, generator=gen, dtype=dtype) * (2.0 / hidden)
+    alpha = torch.tensor(0.5, dtype=dtype)
+    return [t.requires_grad_() for t in (x, A, b, W, w, alpha)]
+
+
+def implementations() -> dict[str, Callable]:
+    return {"reference (double backprop)": reference.icnn_map, "fused": ivae_ext.ops.icnn_map}
+
+
+def training_step(map_fn: Callable, inputs) -> Callable[[], object]:
+    """One forward + backward of a transport-style loss through ∇ψ, to every input."""
+    target = torch.zeros_like(inputs[0])
+
+    def run():
+        _, grad = map_fn(*inputs)
+        loss = ((grad - target) ** 2).sum(-1).mean()
+        return torch.autograd.grad(loss, inputs)
+
+    return run
+
+
+def fused_step_flops(batch, dim, hidden, layers) -> float:
+    """GEMM FLOPs of the fused forward + backward: 2B[6 d K H + 7 (K-1) H²] (see
+    ops/icnn_map.cpp: 3 + 3 input-sized GEMMs, 2 + 5 hidden-sized ones per layer)."""
+    return 2.0 * batch * (6 * dim * layers * hidden + 7 * (layers - 1) * hidden * hidden)
+
+
+def gemm_rate(size: int = 1024, rounds: int = 10) -> float:
+    """This machine's single-precision GEMM rate (FLOP/s), median of `rounds`."""
+    import statistics
+    import time
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2.0 * size**3 / statistics.median(times)
