@@ -13,7 +13,7 @@ export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda)
 export MAX_JOBS ?= 2
 BUILD_MODE := $(if $(filter 1,$(IVAE_FORCE_CPU)),cpu,$(if $(CUDA_HOME),cuda,cpu))
 
-.PHONY: demo test build bench clean
+.PHONY: demo test build bench ratios clean
 
 $(VENV)/.deps-installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: build
 	$(PY) -m pytest tests -q
 
 demo: build
+	$(PY) benchmarks/ratios.py --out benchmark_ratios.json
+
+ratios: build
 	$(PY) benchmarks/ratios.py --out benchmark_ratios.json
 
 bench: build
