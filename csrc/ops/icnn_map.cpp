@@ -1,5 +1,7 @@
 #include "ops/icnn_map.h"
 
+#include "common/scratch.h"
+
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/ones_like.h>
@@ -7,7 +9,6 @@
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/mv.h>
-#include <ATen/ops/outer.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 
@@ -32,24 +33,27 @@ at::Tensor mm_few_columns(const at::Tensor& a, const at::Tensor& b) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, const IcnnArgs& a) {
   const int64_t B = a.batch, K = a.layers, H = a.hidden;
   const auto opts = a.x.options();
+  Scratch scratch(opts, {{B, K * H}, {K, B, H}, {B, H}, {B, H}, {B, H}, {B, K * H}});
   const at::Tensor A_stacked = a.A.view({K * H, a.dim});  // rows: layer-major hidden units
-  const at::Tensor input_terms = at::mm(a.x, A_stacked.t());  // [B, K*H]: x A_kᵀ for every k
+  at::Tensor input_terms = scratch.take({B, K * H});      // x A_kᵀ for every k
+  at::mm_out(input_terms, a.x, A_stacked.t());
   at::Tensor preact = at::empty({K, B, H}, opts);
-  at::Tensor d1 = at::empty({K, B, H}, opts);
-  at::Tensor z = at::empty({B, H}, opts), z_next = at::empty({B, H}, opts);
+  at::Tensor d1 = scratch.take({K, B, H});
+  at::Tensor z = scratch.take({B, H}), z_next = scratch.take({B, H}), layer_in = scratch.take({B, H});
   for (int64_t k = 0; k < K; ++k) {
-    const at::Tensor t = k == 0 ? block(input_terms, 0, H)
-                                : at::addmm(block(input_terms, k, H), z, a.W[k - 1].t());
-    ew.layer_forward(t, a.b[k], preact[k], z_next, d1[k]);
+    if (k > 0) at::addmm_out(layer_in, block(input_terms, k, H), z, a.W[k - 1].t());
+    ew.layer_forward(k == 0 ? block(input_terms, 0, H) : layer_in, a.b[k], preact[k], z_next, d1[k]);
     std::swap(z, z_next);
   }
   // Reverse sweep: g_{K-1} = w ⊙ σ'(a_{K-1}), g_{k-1} = (g_k W_k) ⊙ σ'(a_{k-1}).
   at::Tensor psi = at::empty({B}, opts);
-  at::Tensor gates = at::empty({B, K * H}, opts);  // [g_0 | ... | g_{K-1}]
+  at::Tensor gates = scratch.take({B, K * H});  // [g_0 | ... | g_{K-1}]
   ew.top_forward(z, d1[K - 1], a.w, a.x, a.alpha, psi, block(gates, K - 1, H));
+  at::Tensor& back = layer_in;  // free again: reuse for g_k W_k
   for (int64_t k = K - 1; k >= 1; --k) {
+    at::mm_out(back, block(gates, k, H), a.W[k - 1]);
     at::Tensor g_prev = block(gates, k - 1, H);
-    at::mul_out(g_prev, at::mm(block(gates, k, H), a.W[k - 1]), d1[k - 1]);
+    at::mul_out(g_prev, back, d1[k - 1]);
   }
   // ∇ψ = Σ_k g_k A_k + α x, one GEMM over the stacked layers.
   at::Tensor grad = mm_few_columns(gates, A_stacked);
@@ -67,13 +71,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor g_bar = grad_grad.contiguous();
   // The primal and tangent chains are stacked row-wise ([z_k; ż_k], [ā_k; ǡ_k]) so that each
   // weight gradient and each step back through W_k is one GEMM over 2B rows instead of two.
-  at::Tensor zz = at::empty({K, 2 * B, H}, opts);  // [z_k; ż_k]
-  at::Tensor d1 = at::empty({K, B, H}, opts), d2 = at::empty({K, B, H}, opts);
+  Scratch scratch(opts, {{K, 2 * B, H}, {K, B, H}, {K, B, H}, {B, K * H}, {K, B, H}, {2 * B, K * H},
+                         {B, H}, {2 * B, H}});
+  at::Tensor zz = scratch.take({K, 2 * B, H});  // [z_k; ż_k]
+  at::Tensor d1 = scratch.take({K, B, H}), d2 = scratch.take({K, B, H});
   ew.softplus_all(preact, zz.narrow(1, 0, B), d1, d2);
 
   // Tangent along ḡ: ȧ_0 = A_0 ḡ, ȧ_k = W_k ż_{k-1} + A_k ḡ, ż_k = σ'(a_k) ȧ_k.
-  const at::Tensor input_tangents = at::mm(g_bar, A_stacked.t());  // [B, K*H]
-  at::Tensor adot = at::empty({K, B, H}, opts);
+  at::Tensor input_tangents = scratch.take({B, K * H});
+  at::mm_out(input_tangents, g_bar, A_stacked.t());
+  at::Tensor adot = scratch.take({K, B, H});
   for (int64_t k = 0; k < K; ++k) {
     at::Tensor adot_k = adot[k];
     if (k == 0) {
@@ -86,9 +93,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
 
   // Reverse through both chains, from z̄_{K-1} = ψ̄ w and ż̄_{K-1} = w.
-  at::Tensor bars = at::empty({2 * B, K * H}, opts);  // [ā; ǡ], layer k in column block k
-  at::Tensor z_bar = at::outer(psi_bar, a.w);
+  at::Tensor bars = scratch.take({2 * B, K * H});  // [ā; ǡ], layer k in column block k
+  at::Tensor z_bar = scratch.take({B, H});
+  at::mul_out(z_bar, psi_bar.unsqueeze(1), a.w);  // ψ̄ wᵀ
   at::Tensor zdot_bar = a.w.expand({B, H});
+  at::Tensor both_bars = scratch.take({2 * B, H});  // [z̄_{k-1}; ż̄_{k-1}]
   at::Tensor W_bar = mask[3] ? at::empty({K - 1, H, H}, opts) : at::empty({0}, opts);
   for (int64_t k = K - 1; k >= 0; --k) {
     const at::Tensor bars_k = block(bars, k, H);
@@ -98,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       at::Tensor W_bar_k = W_bar[k - 1];
       at::mm_out(W_bar_k, bars_k.t(), zz[k - 1]);
     }
-    const at::Tensor both_bars = at::mm(bars_k, a.W[k - 1]);  // [z̄_{k-1}; ż̄_{k-1}]
+    at::mm_out(both_bars, bars_k, a.W[k - 1]);
     z_bar = both_bars.narrow(0, 0, B);
     zdot_bar = both_bars.narrow(0, B, B);
   }
