@@ -49,7 +49,7 @@ def nvcc_version() -> str:
 
 def write_build_config(with_cuda: bool, arch_list: str) -> Path:
     """The header csrc/ivae_ext.cpp reads to report what this build contains."""
-    out_dir = ROOT / "build" / "generated"
+    out_dir = ROOT / "build" / ("generated-cuda" if with_cuda else "generated-cpu")  # one per build kind
     out_dir.mkdir(parents=True, exist_ok=True)
     text = "\n".join(
         [

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <array>
+#include <optional>
 #include <tuple>
 
 namespace ivae {
@@ -50,13 +51,13 @@ class IcnnMapFunction : public torch::autograd::Function<IcnnMapFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "ivae_ext.ops.icnn_map: double backward (create_graph=True through the Brenier map) "
-                "is not supported; use ivae_ext.reference.icnn_map where third derivatives are needed");
     const variable_list s = ctx->get_saved_variables();
     std::array<bool, 6> mask;
     for (size_t i = 0; i < mask.size(); ++i) mask[i] = ctx->needs_input_grad(i);
-    at::AutoDispatchBelowADInplaceOrView guard;
+    // Skip the backward op's autograd kernel (Python, it only refuses a second derivative)
+    // unless a graph of this backward is being built (create_graph=True).
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
     const auto grads = icnn_map_backward_op(grad_outputs[0], grad_outputs[1], s[0], s[1], s[2], s[3],
                                             s[4], s[5], s[6], mask);
     const Tensor all[6] = {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads),

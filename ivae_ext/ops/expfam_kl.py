@@ -14,6 +14,7 @@ import torch
 
 from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
+from ivae_ext.ops._autograd import refuse_double_backward
 
 FAMILIES = reference.FAMILIES
 REDUCTIONS = reference.REDUCTIONS
@@ -116,17 +117,6 @@ if HAS_EXTENSION:
         # Outputs nobody asked for are empty, as the kernels return them.
         return tuple(t.new_empty(t.shape if wanted else (0,)) for t, wanted in zip(inputs, output_mask))
 
-    def _double_backward(ctx, *grads):
-        raise RuntimeError(
-            "ivae_ext.ops.expfam_kl: double backward (second derivatives of the KL) is not "
-            "supported; use ivae_ext.reference.expfam_kl where you need them"
-        )
-
-    def _no_context(ctx, inputs, output):
-        pass
-
-    # expfam_kl's autograd is registered in C++ (csrc/expfam_kl_autograd.cpp): per-call Python
-    # would dominate at training-size batches. Its backward op only needs to refuse a second one.
-    torch.library.register_autograd(
-        "ivae_ext::expfam_kl_backward", _double_backward, setup_context=_no_context
-    )
+    # expfam_kl's autograd is registered in C++ (csrc/ops/expfam_kl_autograd.cpp): per-call
+    # Python would dominate at training-size batches. Its backward op only refuses a second one.
+    refuse_double_backward("ivae_ext::expfam_kl_backward", "expfam_kl", "ivae_ext.reference.expfam_kl")

@@ -13,6 +13,7 @@ import torch
 
 from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
+from ivae_ext.ops._autograd import refuse_double_backward
 
 _ARG_NAMES = ("x", "A", "b", "W", "w")
 HAS_FUSED_ICNN = HAS_EXTENSION and hasattr(torch.ops.ivae_ext, "icnn_map")
@@ -92,3 +93,6 @@ if HAS_FUSED_ICNN:
         check_icnn_args(x, A, b, W, w, alpha)
         inputs = (x, A, b, W, w, alpha)
         return tuple(t.new_empty(t.shape if wanted else (0,)) for t, wanted in zip(inputs, output_mask))
+
+    # icnn_map's autograd is registered in C++ (csrc/ops/icnn_map_autograd.cpp).
+    refuse_double_backward("ivae_ext::icnn_map_backward", "icnn_map", "ivae_ext.reference.icnn_map")
