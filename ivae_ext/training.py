@@ -150,7 +150,7 @@ def fit(
             loss = terms["loss"]
             if not torch.isfinite(loss):
                 bar.close()
-                detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
                 raise NaNLossError(
                     f"loss is {float(loss)} at epoch {epoch + 1}, batch {i + 1}/{n_batches} ({detail}); "
                     f"lower the learning rate (now {optimizer.param_groups[0]['lr']:.3g}) or set gradient clipping"
