@@ -158,7 +158,8 @@ def _plot_curves(path: str, history: dict, title: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
     ax1.plot(epochs, [r["loss"] for r in history["epochs"]], marker=".")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss")
+    ax1.set_ylabel("training loss (symlog)")
+    ax1.set_yscale("symlog")  # the first epochs would otherwise flatten the rest
     mccs = [r.get("mcc") for r in history["epochs"]]
     if any(m is not None for m in mccs):
         ax2.plot(epochs, mccs, marker=".", color="C1")
