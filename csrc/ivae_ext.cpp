@@ -15,14 +15,14 @@ TORCH_LIBRARY(ivae_ext, m) {
       "expfam_kl_backward(Tensor grad, Tensor q_loc, Tensor q_log_scale, Tensor p_loc, "
       "Tensor p_log_scale, str family, str reduction, bool[4] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
-  // ICNN potential ψ(x) and Brenier map ∇ψ(x); preact [K, B, H] is kept for the backward.
+  // ICNN potential ψ(x) and Brenier map ∇ψ(x); saved [2, K, B, H] is kept for the backward.
   m.def(
       "icnn_map(Tensor x, Tensor A, Tensor b, Tensor W, Tensor w, Tensor alpha) "
-      "-> (Tensor psi, Tensor grad, Tensor preact)");
+      "-> (Tensor psi, Tensor grad, Tensor saved)");
   // Analytic backward: gradients for (x, A, b, W, w, alpha) flagged in output_mask.
   m.def(
       "icnn_map_backward(Tensor grad_psi, Tensor grad_grad, Tensor x, Tensor A, Tensor b, "
-      "Tensor W, Tensor w, Tensor alpha, Tensor preact, bool[6] output_mask) "
+      "Tensor W, Tensor w, Tensor alpha, Tensor saved, bool[6] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 

@@ -146,8 +146,8 @@ def test_opcheck(shape, requires_grad):
 
 def test_opcheck_backward():
     inputs = [t.detach().float() for t in icnn_inputs(4, 3, 5, 3)]
-    _, _, preact = torch.ops.ivae_ext.icnn_map(*inputs)
-    args = (torch.randn(4), torch.randn(4, 3), *inputs, preact, [True, True, False, True, True, True])
+    _, _, saved = torch.ops.ivae_ext.icnn_map(*inputs)
+    args = (torch.randn(4), torch.randn(4, 3), *inputs, saved, [True, True, False, True, True, True])
     torch.library.opcheck(torch.ops.ivae_ext.icnn_map_backward.default, args)
 
 

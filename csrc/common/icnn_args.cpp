@@ -51,17 +51,17 @@ IcnnArgs parse_icnn_args(const at::Tensor& x, const at::Tensor& A, const at::Ten
 }
 
 void check_icnn_backward_args(const IcnnArgs& args, const at::Tensor& grad_psi,
-                              const at::Tensor& grad_grad, const at::Tensor& preact) {
+                              const at::Tensor& grad_grad, const at::Tensor& saved) {
   check_same_dtype_device(kOp, "x", args.x, "grad_psi", grad_psi);
   check_same_dtype_device(kOp, "x", args.x, "grad_grad", grad_grad);
-  check_same_dtype_device(kOp, "x", args.x, "preact", preact);
+  check_same_dtype_device(kOp, "x", args.x, "saved", saved);
   TORCH_CHECK_VALUE(grad_psi.sizes() == at::IntArrayRef({args.batch}), kOp,
                     ": grad_psi must have shape [B] = [", args.batch, "], got ", grad_psi.sizes());
   TORCH_CHECK_VALUE(grad_grad.sizes() == args.x.sizes(), kOp, ": grad_grad must have x's shape ",
                     args.x.sizes(), ", got ", grad_grad.sizes());
-  TORCH_CHECK_VALUE(preact.sizes() == at::IntArrayRef({args.layers, args.batch, args.hidden}), kOp,
-                    ": preact must have shape [K, B, H] = [", args.layers, ", ", args.batch, ", ",
-                    args.hidden, "], got ", preact.sizes());
+  TORCH_CHECK_VALUE(saved.sizes() == at::IntArrayRef({2, args.layers, args.batch, args.hidden}), kOp,
+                    ": saved must have shape [2, K, B, H] = [2, ", args.layers, ", ", args.batch, ", ",
+                    args.hidden, "], got ", saved.sizes());
 }
 
 }  // namespace ivae

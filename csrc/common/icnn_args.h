@@ -14,8 +14,8 @@ struct IcnnArgs {
 IcnnArgs parse_icnn_args(const at::Tensor& x, const at::Tensor& A, const at::Tensor& b,
                          const at::Tensor& W, const at::Tensor& w, const at::Tensor& alpha);
 
-// The backward's extra inputs: grad_psi [B], grad_grad [B, d], preact [K, B, H].
+// The backward's extra inputs: grad_psi [B], grad_grad [B, d], saved [2, K, B, H].
 void check_icnn_backward_args(const IcnnArgs& args, const at::Tensor& grad_psi,
-                              const at::Tensor& grad_grad, const at::Tensor& preact);
+                              const at::Tensor& grad_grad, const at::Tensor& saved);
 
 }  // namespace ivae

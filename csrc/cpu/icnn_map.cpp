@@ -106,11 +106,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> icnn_map_cpu(const at::Tensor& x,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> icnn_map_backward_cpu(
     const at::Tensor& grad_psi, const at::Tensor& grad_grad, const at::Tensor& x, const at::Tensor& A,
     const at::Tensor& b, const at::Tensor& W, const at::Tensor& w, const at::Tensor& alpha,
-    const at::Tensor& preact, std::array<bool, 6> output_mask) {
+    const at::Tensor& saved, std::array<bool, 6> output_mask) {
   const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha);
   check_cpu_floating(args.x);
-  check_icnn_backward_args(args, grad_psi, grad_grad, preact);
-  return icnn::backward(kCpuElementwise, grad_psi, grad_grad, args, preact.contiguous(), output_mask);
+  check_icnn_backward_args(args, grad_psi, grad_grad, saved);
+  return icnn::backward(kCpuElementwise, grad_psi, grad_grad, args, saved.contiguous(), output_mask);
 }
 
 }  // namespace

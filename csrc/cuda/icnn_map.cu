@@ -86,12 +86,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> icnn_map_cuda(const at::Tensor& x
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> icnn_map_backward_cuda(
     const at::Tensor& grad_psi, const at::Tensor& grad_grad, const at::Tensor& x, const at::Tensor& A,
     const at::Tensor& b, const at::Tensor& W, const at::Tensor& w, const at::Tensor& alpha,
-    const at::Tensor& preact, std::array<bool, 6> output_mask) {
+    const at::Tensor& saved, std::array<bool, 6> output_mask) {
   const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha);
   check_cuda_floating(args.x);
-  check_icnn_backward_args(args, grad_psi, grad_grad, preact);
+  check_icnn_backward_args(args, grad_psi, grad_grad, saved);
   const c10::cuda::CUDAGuard guard(x.device());
-  return ivae::icnn::backward(kCudaElementwise, grad_psi, grad_grad, args, preact.contiguous(), output_mask);
+  return ivae::icnn::backward(kCudaElementwise, grad_psi, grad_grad, args, saved.contiguous(), output_mask);
 }
 
 }  // namespace

@@ -37,7 +37,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, co
   const at::Tensor A_stacked = a.A.view({K * H, a.dim});  // rows: layer-major hidden units
   at::Tensor input_terms = scratch.take({B, K * H});      // x A_kᵀ for every k
   at::mm_out(input_terms, a.x, A_stacked.t());
-  at::Tensor preact = at::empty({K, B, H}, opts);
+  // saved[0] = pre-activations a_k, saved[1] = reverse-sweep vectors s_k: what the backward needs.
+  at::Tensor saved = at::empty({2, K, B, H}, opts);
+  const at::Tensor preact = saved[0], s = saved[1];
   at::Tensor d1 = scratch.take({K, B, H});
   at::Tensor z = scratch.take({B, H}), z_next = scratch.take({B, H}), layer_in = scratch.take({B, H});
   for (int64_t k = 0; k < K; ++k) {
@@ -45,25 +47,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, co
     ew.layer_forward(k == 0 ? block(input_terms, 0, H) : layer_in, a.b[k], preact[k], z_next, d1[k]);
     std::swap(z, z_next);
   }
-  // Reverse sweep: g_{K-1} = w ⊙ σ'(a_{K-1}), g_{k-1} = (g_k W_k) ⊙ σ'(a_{k-1}).
+  // Reverse sweep: s_{K-1} = w, g_k = s_k ⊙ σ'(a_k), s_{k-1} = W_kᵀ g_k.
   at::Tensor psi = at::empty({B}, opts);
   at::Tensor gates = scratch.take({B, K * H});  // [g_0 | ... | g_{K-1}]
   ew.top_forward(z, d1[K - 1], a.w, a.x, a.alpha, psi, block(gates, K - 1, H));
-  at::Tensor& back = layer_in;  // free again: reuse for g_k W_k
+  s[K - 1].copy_(a.w.expand({B, H}));
   for (int64_t k = K - 1; k >= 1; --k) {
-    at::mm_out(back, block(gates, k, H), a.W[k - 1]);
+    at::Tensor s_prev = s[k - 1];
+    at::mm_out(s_prev, block(gates, k, H), a.W[k - 1]);
     at::Tensor g_prev = block(gates, k - 1, H);
-    at::mul_out(g_prev, back, d1[k - 1]);
+    at::mul_out(g_prev, s_prev, d1[k - 1]);
   }
   // ∇ψ = Σ_k g_k A_k + α x, one GEMM over the stacked layers.
   at::Tensor grad = mm_few_columns(gates, A_stacked);
   grad.addcmul_(a.x, a.alpha);
-  return {psi, grad, preact};
+  return {psi, grad, saved};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const Elementwise& ew, const at::Tensor& grad_psi, const at::Tensor& grad_grad,
-    const IcnnArgs& a, const at::Tensor& preact, std::array<bool, 6> mask) {
+    const IcnnArgs& a, const at::Tensor& saved, std::array<bool, 6> mask) {
   const int64_t B = a.batch, K = a.layers, H = a.hidden;
   const auto opts = a.x.options();
   const at::Tensor A_stacked = a.A.view({K * H, a.dim});
@@ -72,10 +75,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   // The primal and tangent chains are stacked row-wise ([z_k; ż_k], [ā_k; ǡ_k]) so that each
   // weight gradient and each step back through W_k is one GEMM over 2B rows instead of two.
   Scratch scratch(opts, {{K, 2 * B, H}, {K, B, H}, {K, B, H}, {B, K * H}, {K, B, H}, {2 * B, K * H},
-                         {B, H}, {2 * B, H}});
+                         {B, H}, {B, H}});
   at::Tensor zz = scratch.take({K, 2 * B, H});  // [z_k; ż_k]
   at::Tensor d1 = scratch.take({K, B, H}), d2 = scratch.take({K, B, H});
-  ew.softplus_all(preact, zz.narrow(1, 0, B), d1, d2);
+  const at::Tensor s = saved[1];  // forward's reverse sweep: s_k, the adjoint of ż_k below
+  ew.softplus_all(saved[0], zz.narrow(1, 0, B), d1, d2);
 
   // Tangent along ḡ: ȧ_0 = A_0 ḡ, ȧ_k = W_k ż_{k-1} + A_k ḡ, ż_k = σ'(a_k) ȧ_k.
   at::Tensor input_tangents = scratch.take({B, K * H});
@@ -92,24 +96,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::mul_out(zdot_k, d1[k], adot_k);
   }
 
-  // Reverse through both chains, from z̄_{K-1} = ψ̄ w and ż̄_{K-1} = w.
+  // Reverse through both chains. The adjoint of the tangent chain, ż̄_k, obeys the recurrence of
+  // the forward's reverse sweep (ż̄_{K-1} = w, ż̄_{k-1} = W_kᵀ(ż̄_k ⊙ σ'(a_k))): it is s_k, saved,
+  // so only z̄ (from z̄_{K-1} = ψ̄ w) is propagated: one GEMM per layer fewer.
   at::Tensor bars = scratch.take({2 * B, K * H});  // [ā; ǡ], layer k in column block k
   at::Tensor z_bar = scratch.take({B, H});
   at::mul_out(z_bar, psi_bar.unsqueeze(1), a.w);  // ψ̄ wᵀ
-  at::Tensor zdot_bar = a.w.expand({B, H});
-  at::Tensor both_bars = scratch.take({2 * B, H});  // [z̄_{k-1}; ż̄_{k-1}]
+  at::Tensor z_bar_next = scratch.take({B, H});
   at::Tensor W_bar = mask[3] ? at::empty({K - 1, H, H}, opts) : at::empty({0}, opts);
   for (int64_t k = K - 1; k >= 0; --k) {
     const at::Tensor bars_k = block(bars, k, H);
-    ew.layer_adjoint(zdot_bar, z_bar, adot[k], d1[k], d2[k], bars_k.narrow(0, B, B), bars_k.narrow(0, 0, B));
+    ew.layer_adjoint(s[k], z_bar, adot[k], d1[k], d2[k], bars_k.narrow(0, B, B), bars_k.narrow(0, 0, B));
     if (k == 0) break;
     if (mask[3]) {  // W̄_k = ā_kᵀ z_{k-1} + ǡ_kᵀ ż_{k-1}
       at::Tensor W_bar_k = W_bar[k - 1];
       at::mm_out(W_bar_k, bars_k.t(), zz[k - 1]);
     }
-    at::mm_out(both_bars, bars_k, a.W[k - 1]);
-    z_bar = both_bars.narrow(0, 0, B);
-    zdot_bar = both_bars.narrow(0, B, B);
+    at::mm_out(z_bar_next, bars_k.narrow(0, 0, B), a.W[k - 1]);
+    std::swap(z_bar, z_bar_next);
   }
 
   const at::Tensor a_bar = bars.narrow(0, 0, B);

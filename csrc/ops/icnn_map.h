@@ -31,12 +31,13 @@ struct Elementwise {
                         const at::Tensor& a_bar);
 };
 
-// (psi [B], grad [B, d], preact [K, B, H]); preact is what the backward needs.
+// (psi [B], grad [B, d], saved [2, K, B, H]): saved holds the pre-activations a_k and the
+// reverse-sweep vectors s_k, what the backward needs.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, const IcnnArgs& a);
 
 // Gradients for (x, A, b, W, w, alpha) where output_mask says so (else empty tensors).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const Elementwise& ew, const at::Tensor& grad_psi, const at::Tensor& grad_grad,
-    const IcnnArgs& a, const at::Tensor& preact, std::array<bool, 6> output_mask);
+    const IcnnArgs& a, const at::Tensor& saved, std::array<bool, 6> output_mask);
 
 }  // namespace ivae::icnn

@@ -27,27 +27,27 @@ std::tuple<Tensor, Tensor, Tensor> icnn_map_op(const Tensor& x, const Tensor& A,
 
 SixTensors icnn_map_backward_op(const Tensor& grad_psi, const Tensor& grad_grad, const Tensor& x,
                                 const Tensor& A, const Tensor& b, const Tensor& W, const Tensor& w,
-                                const Tensor& alpha, const Tensor& preact, std::array<bool, 6> mask) {
+                                const Tensor& alpha, const Tensor& saved, std::array<bool, 6> mask) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("ivae_ext::icnn_map_backward", "")
                        .typed<SixTensors(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                          const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                          const Tensor&, std::array<bool, 6>)>();
-  return op.call(grad_psi, grad_grad, x, A, b, W, w, alpha, preact, mask);
+  return op.call(grad_psi, grad_grad, x, A, b, W, w, alpha, saved, mask);
 }
 
 class IcnnMapFunction : public torch::autograd::Function<IcnnMapFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& A, const Tensor& b,
                                const Tensor& W, const Tensor& w, const Tensor& alpha) {
-    Tensor psi, grad, preact;
+    Tensor psi, grad, saved;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      std::tie(psi, grad, preact) = icnn_map_op(x, A, b, W, w, alpha);
+      std::tie(psi, grad, saved) = icnn_map_op(x, A, b, W, w, alpha);
     }
-    ctx->save_for_backward({x, A, b, W, w, alpha, preact});
-    ctx->mark_non_differentiable({preact});
-    return {psi, grad, preact};
+    ctx->save_for_backward({x, A, b, W, w, alpha, saved});
+    ctx->mark_non_differentiable({saved});
+    return {psi, grad, saved};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {

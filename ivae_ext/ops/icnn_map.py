@@ -86,10 +86,10 @@ if HAS_FUSED_ICNN:
     def _icnn_map_fake(x, A, b, W, w, alpha):
         check_icnn_args(x, A, b, W, w, alpha)
         layers, hidden = A.shape[0], A.shape[1]
-        return x.new_empty(x.shape[:1]), x.new_empty(x.shape), x.new_empty((layers, x.shape[0], hidden))
+        return x.new_empty(x.shape[:1]), x.new_empty(x.shape), x.new_empty((2, layers, x.shape[0], hidden))
 
     @torch.library.register_fake("ivae_ext::icnn_map_backward")
-    def _icnn_map_backward_fake(grad_psi, grad_grad, x, A, b, W, w, alpha, preact, output_mask):
+    def _icnn_map_backward_fake(grad_psi, grad_grad, x, A, b, W, w, alpha, saved, output_mask):
         check_icnn_args(x, A, b, W, w, alpha)
         inputs = (x, A, b, W, w, alpha)
         return tuple(t.new_empty(t.shape if wanted else (0,)) for t, wanted in zip(inputs, output_mask))
