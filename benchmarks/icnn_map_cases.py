@@ -42,9 +42,10 @@ def training_step(map_fn: Callable, inputs) -> Callable[[], object]:
 
 
 def fused_step_flops(batch, dim, hidden, layers) -> float:
-    """GEMM FLOPs of the fused forward + backward: 2B[6 d K H + 7 (K-1) H²] (see
-    ops/icnn_map.cpp: 3 + 3 input-sized GEMMs, 2 + 5 hidden-sized ones per layer)."""
-    return 2.0 * batch * (6 * dim * layers * hidden + 7 * (layers - 1) * hidden * hidden)
+    """GEMM FLOPs of the fused forward + backward: 2B[6 d K H + 6 (K-1) H²] (ops/icnn_map.cpp:
+    input-sized GEMMs x A_kᵀ, ∇ψ, ḡ A_kᵀ, x̄ and Ā over 2B rows; per hidden layer z W_kᵀ,
+    g_k W_k, the tangent, W̄_k over 2B rows and z̄)."""
+    return 2.0 * batch * (6 * dim * layers * hidden + 6 * (layers - 1) * hidden * hidden)
 
 
 def gemm_rate(size: int = 1024, rounds: int = 10) -> float:
