@@ -95,6 +95,21 @@ def test_alpha_as_float_has_no_gradient_and_matches_tensor_alpha():
     torch.testing.assert_close(grad_f, grad_t)
 
 
+@pytest.mark.parametrize("use", ["psi", "grad"])
+def test_loss_on_one_output_only(use):
+    """Autograd leaves the unused output's gradient undefined; the backward must treat it as 0."""
+    inputs = icnn_inputs(5, 3, 4, 2)
+
+    def loss(fn):
+        psi, grad = fn(*inputs)
+        return psi.sum() if use == "psi" else (grad**2).sum()
+
+    got = torch.autograd.grad(loss(icnn_map), inputs)
+    want = torch.autograd.grad(loss(reference.icnn_map), inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_only_requested_gradients_are_computed():
     x, A, b, W, w, alpha = (t.detach() for t in icnn_inputs(5, 3, 4, 2))
     W.requires_grad_()

@@ -1,6 +1,8 @@
 // Autograd of ivae_ext::icnn_map, in C++ for every device: the backward is the analytic
 // icnn_map_backward op (no autograd graph of the forward is kept).
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -47,6 +49,9 @@ class IcnnMapFunction : public torch::autograd::Function<IcnnMapFunction> {
     }
     ctx->save_for_backward({x, A, b, W, w, alpha, saved});
     ctx->mark_non_differentiable({saved});
+    // No zero-filled gradient for `saved` (megabytes, measured ~20% of a small training step);
+    // the backward fills in ψ̄ or ḡ itself when only one output was used.
+    ctx->set_materialize_grads(false);
     return {psi, grad, saved};
   }
 
@@ -58,8 +63,9 @@ class IcnnMapFunction : public torch::autograd::Function<IcnnMapFunction> {
     // unless a graph of this backward is being built (create_graph=True).
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
-    const auto grads = icnn_map_backward_op(grad_outputs[0], grad_outputs[1], s[0], s[1], s[2], s[3],
-                                            s[4], s[5], s[6], mask);
+    const Tensor grad_psi = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros({s[0].size(0)}, s[0].options());
+    const Tensor grad_grad = grad_outputs[1].defined() ? grad_outputs[1] : at::zeros_like(s[0]);
+    const auto grads = icnn_map_backward_op(grad_psi, grad_grad, s[0], s[1], s[2], s[3], s[4], s[5], s[6], mask);
     const Tensor all[6] = {std::get<0>(grads), std::get<1>(grads), std::get<2>(grads),
                            std::get<3>(grads), std::get<4>(grads), std::get<5>(grads)};
     variable_list out(6);
