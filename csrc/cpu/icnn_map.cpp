@@ -83,11 +83,11 @@ void layer_adjoint(const at::Tensor& zdot_bar, const at::Tensor& z_bar, const at
                    *p2 = d2.const_data_ptr<scalar_t>();
     scalar_t *adb = adot_bar.mutable_data_ptr<scalar_t>(), *ab = a_bar.mutable_data_ptr<scalar_t>();
     const int64_t zdb_ld = zdot_bar.stride(0), zb_ld = z_bar.stride(0);
-    const int64_t adb_ld = adot_bar.stride(0), ab_ld = a_bar.stride(0);
+    const int64_t adb_ld = adot_bar.stride(0), ab_ld = a_bar.stride(0), ad_ld = adot.stride(0);
     at::parallel_for(0, rows, grain_rows(hidden), [&](int64_t begin, int64_t end) {
       const int64_t e = begin * hidden;
       icnn_layer_adjoint_rows(end - begin, hidden, zdb + begin * zdb_ld, zdb_ld, zb + begin * zb_ld,
-                              zb_ld, ad + e, p1 + e, p2 + e, adb + begin * adb_ld, adb_ld,
+                              zb_ld, ad + begin * ad_ld, ad_ld, p1 + e, p2 + e, adb + begin * adb_ld, adb_ld,
                               ab + begin * ab_ld, ab_ld);
     });
   });

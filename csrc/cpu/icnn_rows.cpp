@@ -78,11 +78,11 @@ IVAE_HD void layer_adjoint_row(int64_t hidden, const T* __restrict__ zdot_bar, c
 
 template <typename T>
 IVAE_HD void layer_adjoint(int64_t rows, int64_t hidden, const T* zdot_bar, int64_t zdot_bar_ld,
-                           const T* z_bar, int64_t z_bar_ld, const T* adot, const T* d1, const T* d2,
-                           T* adot_bar, int64_t adot_bar_ld, T* a_bar, int64_t a_bar_ld) {
+                           const T* z_bar, int64_t z_bar_ld, const T* adot, int64_t adot_ld, const T* d1,
+                           const T* d2, T* adot_bar, int64_t adot_bar_ld, T* a_bar, int64_t a_bar_ld) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t e = r * hidden;
-    layer_adjoint_row(hidden, zdot_bar + r * zdot_bar_ld, z_bar + r * z_bar_ld, adot + e, d1 + e,
+    layer_adjoint_row(hidden, zdot_bar + r * zdot_bar_ld, z_bar + r * z_bar_ld, adot + r * adot_ld, d1 + e,
                       d2 + e, adot_bar + r * adot_bar_ld, a_bar + r * a_bar_ld);
   }
 }
@@ -104,10 +104,10 @@ IVAE_HD void layer_adjoint(int64_t rows, int64_t hidden, const T* zdot_bar, int6
   }                                                                                              \
   IVAE_CPU_CLONES void icnn_layer_adjoint_rows(                                                  \
       int64_t rows, int64_t hidden, const T* zdot_bar, int64_t zdot_bar_ld, const T* z_bar,      \
-      int64_t z_bar_ld, const T* adot, const T* d1, const T* d2, T* adot_bar,                    \
+      int64_t z_bar_ld, const T* adot, int64_t adot_ld, const T* d1, const T* d2, T* adot_bar,   \
       int64_t adot_bar_ld, T* a_bar, int64_t a_bar_ld) {                                         \
-    layer_adjoint(rows, hidden, zdot_bar, zdot_bar_ld, z_bar, z_bar_ld, adot, d1, d2, adot_bar,  \
-                  adot_bar_ld, a_bar, a_bar_ld);                                                 \
+    layer_adjoint(rows, hidden, zdot_bar, zdot_bar_ld, z_bar, z_bar_ld, adot, adot_ld, d1, d2,   \
+                  adot_bar, adot_bar_ld, a_bar, a_bar_ld);                                       \
   }
 
 IVAE_ICNN_ROWS_FOR(float)

@@ -25,13 +25,13 @@ void icnn_top_forward_rows(int64_t rows, int64_t hidden, int64_t dim, const doub
 void icnn_softplus_all(int64_t n, const float* a, float* z, float* d1, float* d2);
 void icnn_softplus_all(int64_t n, const double* a, double* z, double* d1, double* d2);
 
-// ǡ = ż̄ σ', ā = ż̄ ȧ σ'' + z̄ σ' (math::icnn_layer_adjoint); adot, d1, d2 contiguous.
+// ǡ = ż̄ σ', ā = ż̄ ȧ σ'' + z̄ σ' (math::icnn_layer_adjoint); d1, d2 contiguous.
 void icnn_layer_adjoint_rows(int64_t rows, int64_t hidden, const float* zdot_bar, int64_t zdot_bar_ld,
-                             const float* z_bar, int64_t z_bar_ld, const float* adot,
+                             const float* z_bar, int64_t z_bar_ld, const float* adot, int64_t adot_ld,
                              const float* d1, const float* d2, float* adot_bar,
                              int64_t adot_bar_ld, float* a_bar, int64_t a_bar_ld);
 void icnn_layer_adjoint_rows(int64_t rows, int64_t hidden, const double* zdot_bar, int64_t zdot_bar_ld,
-                             const double* z_bar, int64_t z_bar_ld, const double* adot,
+                             const double* z_bar, int64_t z_bar_ld, const double* adot, int64_t adot_ld,
                              const double* d1, const double* d2, double* adot_bar,
                              int64_t adot_bar_ld, double* a_bar, int64_t a_bar_ld);
 

@@ -50,13 +50,13 @@ __global__ void softplus_all_kernel(int64_t n, const T* a, T* z, T* d1, T* d2) {
 
 template <typename T>
 __global__ void layer_adjoint_kernel(int64_t rows, int64_t hidden, const T* zdot_bar, int64_t zdot_bar_ld,
-                                     const T* z_bar, int64_t z_bar_ld, const T* adot, const T* d1,
-                                     const T* d2, T* adot_bar, int64_t adot_bar_ld, T* a_bar,
-                                     int64_t a_bar_ld) {
+                                     const T* z_bar, int64_t z_bar_ld, const T* adot, int64_t adot_ld,
+                                     const T* d1, const T* d2, T* adot_bar, int64_t adot_bar_ld,
+                                     T* a_bar, int64_t a_bar_ld) {
   IVAE_GRID_STRIDE(e, rows * hidden) {
     const int64_t r = e / hidden, h = e - r * hidden;
     const math::IcnnLayerAdjoint<T> j = math::icnn_layer_adjoint(
-        zdot_bar[r * zdot_bar_ld + h], z_bar[r * z_bar_ld + h], adot[e], d1[e], d2[e]);
+        zdot_bar[r * zdot_bar_ld + h], z_bar[r * z_bar_ld + h], adot[r * adot_ld + h], d1[e], d2[e]);
     adot_bar[r * adot_bar_ld + h] = j.adot_bar;
     a_bar[r * a_bar_ld + h] = j.a_bar;
   }
@@ -99,11 +99,11 @@ void launch_softplus_all(int64_t n, const T* a, T* z, T* d1, T* d2, cudaStream_t
 
 template <typename T>
 void launch_layer_adjoint(int64_t rows, int64_t hidden, const T* zdot_bar, int64_t zdot_bar_ld,
-                          const T* z_bar, int64_t z_bar_ld, const T* adot, const T* d1, const T* d2,
-                          T* adot_bar, int64_t adot_bar_ld, T* a_bar, int64_t a_bar_ld,
+                          const T* z_bar, int64_t z_bar_ld, const T* adot, int64_t adot_ld, const T* d1,
+                          const T* d2, T* adot_bar, int64_t adot_bar_ld, T* a_bar, int64_t a_bar_ld,
                           cudaStream_t stream) {
   IVAE_LAUNCH_KERNEL(layer_adjoint_kernel<T>, blocks_for(rows * hidden), kThreads, 0, stream, rows,
-                     hidden, zdot_bar, zdot_bar_ld, z_bar, z_bar_ld, adot, d1, d2, adot_bar,
+                     hidden, zdot_bar, zdot_bar_ld, z_bar, z_bar_ld, adot, adot_ld, d1, d2, adot_bar,
                      adot_bar_ld, a_bar, a_bar_ld);
 }
 

@@ -65,7 +65,7 @@ void layer_adjoint(const at::Tensor& zdot_bar, const at::Tensor& z_bar, const at
   AT_DISPATCH_FLOATING_TYPES(adot.scalar_type(), "icnn_layer_adjoint_cuda", [&] {
     launch_layer_adjoint<scalar_t>(
         adot.size(0), adot.size(1), zdot_bar.const_data_ptr<scalar_t>(), zdot_bar.stride(0),
-        z_bar.const_data_ptr<scalar_t>(), z_bar.stride(0), adot.const_data_ptr<scalar_t>(),
+        z_bar.const_data_ptr<scalar_t>(), z_bar.stride(0), adot.const_data_ptr<scalar_t>(), adot.stride(0),
         d1.const_data_ptr<scalar_t>(), d2.const_data_ptr<scalar_t>(), adot_bar.mutable_data_ptr<scalar_t>(),
         adot_bar.stride(0), a_bar.mutable_data_ptr<scalar_t>(), a_bar.stride(0), stream());
   });

@@ -33,7 +33,7 @@ at::Tensor mm_few_columns(const at::Tensor& a, const at::Tensor& b) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, const IcnnArgs& a) {
   const int64_t B = a.batch, K = a.layers, H = a.hidden;
   const auto opts = a.x.options();
-  Scratch scratch(opts, {{B, K * H}, {K, B, H}, {B, H}, {B, H}, {B, H}, {B, K * H}});
+  Scratch scratch(opts, {{B, K * H}, {K, B, H}, {B, H}, {B, H}, {B, K * H}});
   const at::Tensor A_stacked = a.A.view({K * H, a.dim});  // rows: layer-major hidden units
   at::Tensor input_terms = scratch.take({B, K * H});      // x A_kᵀ for every k
   at::mm_out(input_terms, a.x, A_stacked.t());
@@ -41,10 +41,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, co
   at::Tensor saved = at::empty({2, K, B, H}, opts);
   const at::Tensor preact = saved[0], s = saved[1];
   at::Tensor d1 = scratch.take({K, B, H});
-  at::Tensor z = scratch.take({B, H}), z_next = scratch.take({B, H}), layer_in = scratch.take({B, H});
+  at::Tensor z = scratch.take({B, H}), z_next = scratch.take({B, H});
   for (int64_t k = 0; k < K; ++k) {
-    if (k > 0) at::addmm_out(layer_in, block(input_terms, k, H), z, a.W[k - 1].t());
-    ew.layer_forward(k == 0 ? block(input_terms, 0, H) : layer_in, a.b[k], preact[k], z_next, d1[k]);
+    at::Tensor t = block(input_terms, k, H);
+    if (k > 0) t.addmm_(z, a.W[k - 1].t());  // in place (beta = 1): no copy of the x A_kᵀ block
+    ew.layer_forward(t, a.b[k], preact[k], z_next, d1[k]);
     std::swap(z, z_next);
   }
   // Reverse sweep: s_{K-1} = w, g_k = s_k ⊙ σ'(a_k), s_{k-1} = W_kᵀ g_k.
@@ -74,24 +75,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor g_bar = grad_grad.contiguous();
   // The primal and tangent chains are stacked row-wise ([z_k; ż_k], [ā_k; ǡ_k]) so that each
   // weight gradient and each step back through W_k is one GEMM over 2B rows instead of two.
-  Scratch scratch(opts, {{K, 2 * B, H}, {K, B, H}, {K, B, H}, {B, K * H}, {K, B, H}, {2 * B, K * H},
-                         {B, H}, {B, H}});
+  Scratch scratch(opts, {{K, 2 * B, H}, {K, B, H}, {K, B, H}, {B, K * H}, {2 * B, K * H}, {B, H}, {B, H}});
   at::Tensor zz = scratch.take({K, 2 * B, H});  // [z_k; ż_k]
   at::Tensor d1 = scratch.take({K, B, H}), d2 = scratch.take({K, B, H});
   const at::Tensor s = saved[1];  // forward's reverse sweep: s_k, the adjoint of ż_k below
   ew.softplus_all(saved[0], zz.narrow(1, 0, B), d1, d2);
 
   // Tangent along ḡ: ȧ_0 = A_0 ḡ, ȧ_k = W_k ż_{k-1} + A_k ḡ, ż_k = σ'(a_k) ȧ_k.
-  at::Tensor input_tangents = scratch.take({B, K * H});
-  at::mm_out(input_tangents, g_bar, A_stacked.t());
-  at::Tensor adot = scratch.take({K, B, H});
+  at::Tensor adot = scratch.take({B, K * H});  // ȧ_k in column block k, built in place
+  at::mm_out(adot, g_bar, A_stacked.t());
   for (int64_t k = 0; k < K; ++k) {
-    at::Tensor adot_k = adot[k];
-    if (k == 0) {
-      adot_k.copy_(block(input_tangents, 0, H));
-    } else {
-      at::addmm_out(adot_k, block(input_tangents, k, H), zz[k - 1].narrow(0, B, B), a.W[k - 1].t());
-    }
+    at::Tensor adot_k = block(adot, k, H);
+    if (k > 0) adot_k.addmm_(zz[k - 1].narrow(0, B, B), a.W[k - 1].t());
     at::Tensor zdot_k = zz[k].narrow(0, B, B);
     at::mul_out(zdot_k, d1[k], adot_k);
   }
@@ -106,7 +101,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor W_bar = mask[3] ? at::empty({K - 1, H, H}, opts) : at::empty({0}, opts);
   for (int64_t k = K - 1; k >= 0; --k) {
     const at::Tensor bars_k = block(bars, k, H);
-    ew.layer_adjoint(s[k], z_bar, adot[k], d1[k], d2[k], bars_k.narrow(0, B, B), bars_k.narrow(0, 0, B));
+    ew.layer_adjoint(s[k], z_bar, block(adot, k, H), d1[k], d2[k], bars_k.narrow(0, B, B),
+                     bars_k.narrow(0, 0, B));
     if (k == 0) break;
     if (mask[3]) {  // W̄_k = ā_kᵀ z_{k-1} + ǡ_kᵀ ż_{k-1}
       at::Tensor W_bar_k = W_bar[k - 1];

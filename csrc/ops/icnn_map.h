@@ -25,7 +25,7 @@ struct Elementwise {
   // contiguous within a layer (its layer stride may be larger).
   void (*softplus_all)(const at::Tensor& a, const at::Tensor& z, const at::Tensor& d1,
                        const at::Tensor& d2);
-  // ǡ = ż̄ σ', ā = ż̄ ȧ σ'' + z̄ σ' (all [B, H]).
+  // ǡ = ż̄ σ', ā = ż̄ ȧ σ'' + z̄ σ' (all [B, H]; d1, d2 contiguous).
   void (*layer_adjoint)(const at::Tensor& zdot_bar, const at::Tensor& z_bar, const at::Tensor& adot,
                         const at::Tensor& d1, const at::Tensor& d2, const at::Tensor& adot_bar,
                         const at::Tensor& a_bar);
