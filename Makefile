@@ -31,7 +31,7 @@ test: build
 	$(PY) -m pytest tests -q
 
 demo: build
-	$(PY) benchmarks/ratios.py --out benchmark_ratios.json
+	$(PY) -m ivae_ext reproduce ivae --quick --out runs/ivae-quick
 
 ratios: build
 	$(PY) benchmarks/ratios.py --out benchmark_ratios.json
