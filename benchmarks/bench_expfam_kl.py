@@ -4,7 +4,6 @@ Run: make bench   (or: python -m pytest benchmarks/bench_expfam_kl.py --benchmar
 """
 
 import pytest
-import torch
 
 from expfam_kl_cases import MODES, SIZES, implementations, make_inputs, step
 

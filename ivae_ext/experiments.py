@@ -6,7 +6,6 @@ Every output file is written atomically (temporary file + os.replace).
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time

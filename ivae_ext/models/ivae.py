@@ -9,12 +9,13 @@ variance fixed or learned (one per data dimension).
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
 from ivae_ext.models.nets import (
+    add_cholesky_head,
+    add_decoder_log_var,
     FAMILIES, MLP, correlated_gaussian_terms, gaussian_decoder_log_lik, log_density, rsample, scale_tril,
 )
 from ivae_ext.models.objectives import elbo_objective, weighted_objective
@@ -78,17 +79,11 @@ class IVAE(nn.Module):
         self.encoder_loc = MLP(enc_in, latent_dim, hidden_dim, n_layers, slope)
         self.encoder_log_var = MLP(enc_in, latent_dim, hidden_dim, n_layers, slope)
         self.posterior_cov = posterior_cov
-        if posterior_cov == "full":  # strictly lower part of the Cholesky factor, zero at init
-            self.encoder_tril = MLP(enc_in, latent_dim * (latent_dim - 1) // 2, hidden_dim, n_layers, slope)
-            nn.init.zeros_(self.encoder_tril.net[-1].weight)
-            self.register_buffer("_tril_index", torch.tril_indices(latent_dim, latent_dim, -1))
+        if posterior_cov == "full":
+            add_cholesky_head(self, enc_in, latent_dim, hidden_dim, n_layers, slope)
         self.prior_net = MLP(aux_dim, 2 * latent_dim if prior_mean else latent_dim, hidden_dim, n_layers, slope)
         self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope)
-        log_var = torch.full((data_dim,), math.log(decoder_var))
-        if learn_decoder_var:
-            self.decoder_log_var = nn.Parameter(log_var)
-        else:
-            self.register_buffer("decoder_log_var", log_var)
+        add_decoder_log_var(self, data_dim, decoder_var, learn_decoder_var)
 
     def config(self) -> dict:
         return {

@@ -34,6 +34,22 @@ class MLP(nn.Module):
         return self.net(h)
 
 
+def add_cholesky_head(module: nn.Module, in_dim: int, latent_dim: int, hidden_dim: int, n_layers: int, slope: float) -> None:
+    """`module.encoder_tril`: the strictly lower Cholesky entries of q's covariance, zero at init."""
+    module.encoder_tril = MLP(in_dim, latent_dim * (latent_dim - 1) // 2, hidden_dim, n_layers, slope)
+    nn.init.zeros_(module.encoder_tril.net[-1].weight)
+    module.register_buffer("_tril_index", torch.tril_indices(latent_dim, latent_dim, -1))
+
+
+def add_decoder_log_var(module: nn.Module, data_dim: int, decoder_var: float, learn: bool) -> None:
+    """`module.decoder_log_var` [data_dim]: a parameter when learned, else a buffer."""
+    log_var = torch.full((data_dim,), math.log(decoder_var))
+    if learn:
+        module.decoder_log_var = nn.Parameter(log_var)
+    else:
+        module.register_buffer("decoder_log_var", log_var)
+
+
 def log_density(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, family: str) -> torch.Tensor:
     """Elementwise log-density of a Gaussian (scale σ) or Laplace (scale b) at z."""
     if family == "gaussian":

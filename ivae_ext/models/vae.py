@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
 
-from ivae_ext.models.nets import MLP, correlated_gaussian_terms, gaussian_decoder_log_lik, rsample, scale_tril
+from ivae_ext.models.nets import (
+    MLP,
+    add_cholesky_head,
+    add_decoder_log_var,
+    correlated_gaussian_terms,
+    gaussian_decoder_log_lik,
+    rsample,
+    scale_tril,
+)
 from ivae_ext.models.objectives import elbo_objective
 
 
@@ -35,15 +42,9 @@ class VAE(nn.Module):
         self.encoder_loc = MLP(data_dim, latent_dim, hidden_dim, n_layers, slope)
         self.encoder_log_var = MLP(data_dim, latent_dim, hidden_dim, n_layers, slope)
         if posterior_cov == "full":
-            self.encoder_tril = MLP(data_dim, latent_dim * (latent_dim - 1) // 2, hidden_dim, n_layers, slope)
-            nn.init.zeros_(self.encoder_tril.net[-1].weight)
-            self.register_buffer("_tril_index", torch.tril_indices(latent_dim, latent_dim, -1))
+            add_cholesky_head(self, data_dim, latent_dim, hidden_dim, n_layers, slope)
         self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope)
-        log_var = torch.full((data_dim,), math.log(decoder_var))
-        if learn_decoder_var:
-            self.decoder_log_var = nn.Parameter(log_var)
-        else:
-            self.register_buffer("decoder_log_var", log_var)
+        add_decoder_log_var(self, data_dim, decoder_var, learn_decoder_var)
         self.register_buffer("_zero", torch.zeros(()))
 
     def config(self) -> dict:
