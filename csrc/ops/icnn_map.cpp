@@ -10,7 +10,6 @@
 #include <ATen/ops/mul.h>
 #include <ATen/ops/mv.h>
 #include <ATen/ops/sum.h>
-#include <ATen/ops/zeros.h>
 
 namespace ivae::icnn {
 namespace {
