@@ -70,6 +70,24 @@ def test_float32_matches_float64_reference(device):
         torch.testing.assert_close(got.double() / scale, want / scale, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_row_blocks_per_thread_match_reference_and_are_deterministic(threads):
+    # With several threads the CPU kernels split the batch into one row block per thread and sum
+    # the blocks' parameter gradients (cpu/icnn_map.cpp); 200 rows over 3 threads gives uneven blocks.
+    inputs = icnn_inputs(200, 3, 16, 3)
+    expected = outputs_and_grads(reference.icnn_map, inputs)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        first = outputs_and_grads(icnn_map, inputs)
+        again = outputs_and_grads(icnn_map, inputs)
+    finally:
+        torch.set_num_threads(previous)
+    for name, got, repeat, want in zip(("psi", "grad") + NAMES, first, again, expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=lambda m: f"{name}: {m}")
+        assert torch.equal(got, repeat), f"{name}: two calls with {threads} threads differ"
+
+
 def test_large_pre_activations_stay_exact():
     """Softplus far in both tails (|a| ~ 40): no overflow, and the linear tail is not truncated."""
     inputs = icnn_inputs(6, 2, 5, 2)

@@ -48,9 +48,9 @@ void top_forward(const at::Tensor& z, const at::Tensor& d1, const at::Tensor& w,
 void softplus_all(const at::Tensor& a, const at::Tensor& z, const at::Tensor& d1, const at::Tensor& d2) {
   const int64_t per_layer = a.size(1) * a.size(2);
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "icnn_softplus_all_cuda", [&] {
-    for (int64_t k = 0; k < a.size(0); ++k) {  // z's layers may be spaced apart
+    for (int64_t k = 0; k < a.size(0); ++k) {  // a's and z's layers may be spaced apart
       const int64_t offset = k * per_layer;
-      launch_softplus_all<scalar_t>(per_layer, a.const_data_ptr<scalar_t>() + offset,
+      launch_softplus_all<scalar_t>(per_layer, a.const_data_ptr<scalar_t>() + k * a.stride(0),
                                     z.mutable_data_ptr<scalar_t>() + k * z.stride(0),
                                     d1.mutable_data_ptr<scalar_t>() + offset,
                                     d2.mutable_data_ptr<scalar_t>() + offset, stream());

@@ -2,6 +2,7 @@
 
 #include "common/scratch.h"
 
+#include <ATen/ops/add.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/ones_like.h>
@@ -29,15 +30,14 @@ at::Tensor mm_few_columns(const at::Tensor& a, const at::Tensor& b) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, const IcnnArgs& a) {
+void forward_into(const Elementwise& ew, const IcnnArgs& a, const at::Tensor& psi, const at::Tensor& grad,
+                  const at::Tensor& saved) {
   const int64_t B = a.batch, K = a.layers, H = a.hidden;
   const auto opts = a.x.options();
   Scratch scratch(opts, {{B, K * H}, {K, B, H}, {B, H}, {B, H}, {B, K * H}});
   const at::Tensor A_stacked = a.A.view({K * H, a.dim});  // rows: layer-major hidden units
   at::Tensor input_terms = scratch.take({B, K * H});      // x A_kᵀ for every k
   at::mm_out(input_terms, a.x, A_stacked.t());
-  // saved[0] = pre-activations a_k, saved[1] = reverse-sweep vectors s_k: what the backward needs.
-  at::Tensor saved = at::empty({2, K, B, H}, opts);
   const at::Tensor preact = saved[0], s = saved[1];
   at::Tensor d1 = scratch.take({K, B, H});
   at::Tensor z = scratch.take({B, H}), z_next = scratch.take({B, H});
@@ -48,7 +48,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, co
     std::swap(z, z_next);
   }
   // Reverse sweep: s_{K-1} = w, g_k = s_k ⊙ σ'(a_k), s_{k-1} = W_kᵀ g_k.
-  at::Tensor psi = at::empty({B}, opts);
   at::Tensor gates = scratch.take({B, K * H});  // [g_0 | ... | g_{K-1}]
   ew.top_forward(z, d1[K - 1], a.w, a.x, a.alpha, psi, block(gates, K - 1, H));
   s[K - 1].copy_(a.w.expand({B, H}));
@@ -59,8 +58,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, co
     at::mul_out(g_prev, s_prev, d1[k - 1]);
   }
   // ∇ψ = Σ_k g_k A_k + α x, one GEMM over the stacked layers.
-  at::Tensor grad = mm_few_columns(gates, A_stacked);
-  grad.addcmul_(a.x, a.alpha);
+  at::Tensor grad_out = grad;  // a view: at::add_out wants a mutable reference
+  at::add_out(grad_out, mm_few_columns(gates, A_stacked), a.x.mul(a.alpha));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, const IcnnArgs& a) {
+  const auto opts = a.x.options();
+  at::Tensor psi = at::empty({a.batch}, opts), grad = at::empty({a.batch, a.dim}, opts);
+  at::Tensor saved = at::empty({2, a.layers, a.batch, a.hidden}, opts);
+  forward_into(ew, a, psi, grad, saved);
   return {psi, grad, saved};
 }
 

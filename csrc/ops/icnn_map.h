@@ -21,8 +21,8 @@ struct Elementwise {
   void (*top_forward)(const at::Tensor& z, const at::Tensor& d1, const at::Tensor& w,
                       const at::Tensor& x, const at::Tensor& alpha, const at::Tensor& psi,
                       const at::Tensor& g);
-  // z, d1, d2 = σ, σ', σ'' of every pre-activation. All [K, B, H]; a, d1, d2 contiguous, z
-  // contiguous within a layer (its layer stride may be larger).
+  // z, d1, d2 = σ, σ', σ'' of every pre-activation. All [K, B, H]; d1, d2 contiguous, a and z
+  // contiguous within a layer (their layer strides may be larger).
   void (*softplus_all)(const at::Tensor& a, const at::Tensor& z, const at::Tensor& d1,
                        const at::Tensor& d2);
   // ǡ = ż̄ σ', ā = ż̄ ȧ σ'' + z̄ σ' (all [B, H]; d1, d2 contiguous).
@@ -35,7 +35,13 @@ struct Elementwise {
 // reverse-sweep vectors s_k, what the backward needs.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const Elementwise& ew, const IcnnArgs& a);
 
-// Gradients for (x, A, b, W, w, alpha) where output_mask says so (else empty tensors).
+// The same into given outputs, which may be views of larger ones (a block of rows): psi [B],
+// grad [B, d] and saved [2, K, B, H], each [B, H] slab of saved contiguous.
+void forward_into(const Elementwise& ew, const IcnnArgs& a, const at::Tensor& psi, const at::Tensor& grad,
+                  const at::Tensor& saved);
+
+// Gradients for (x, A, b, W, w, alpha) where output_mask says so (else empty tensors). saved
+// may be a block of rows of a larger one, as for forward_into.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const Elementwise& ew, const at::Tensor& grad_psi, const at::Tensor& grad_grad,
     const IcnnArgs& a, const at::Tensor& saved, std::array<bool, 6> output_mask);
