@@ -24,6 +24,19 @@ TORCH_LIBRARY(ivae_ext, m) {
       "icnn_map_backward(Tensor grad_psi, Tensor grad_grad, Tensor x, Tensor A, Tensor b, "
       "Tensor W, Tensor w, Tensor alpha, Tensor saved, bool[6] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // ψ, ∇ψ and log det ∇²ψ of the same ICNN in one pass; info [B] int32: 0, or k > 0 when the
+  // Hessian's leading minor of order k is not positive definite (logdet NaN), or -1 for a
+  // non-finite Hessian. jac [B, d, K*H] and minv [B, d, d] are kept for the backward (empty
+  // unless keep_for_backward).
+  m.def(
+      "brenier_logdet(Tensor x, Tensor A, Tensor b, Tensor W, Tensor w, Tensor alpha, "
+      "bool keep_for_backward) -> (Tensor psi, Tensor grad, Tensor logdet, Tensor info, "
+      "Tensor saved, Tensor jac, Tensor minv)");
+  // Gradients of Σ grad_logdet · logdet for (x, A, b, W, w, alpha) flagged in output_mask.
+  m.def(
+      "brenier_logdet_backward(Tensor grad_logdet, Tensor x, Tensor A, Tensor b, Tensor W, "
+      "Tensor w, Tensor alpha, Tensor saved, Tensor jac, Tensor minv, bool[6] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 #ifdef IVAE_PYTHON_MODULE

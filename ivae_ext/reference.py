@@ -72,3 +72,31 @@ def icnn_map(x, A, b, W, w, alpha):
         psi = icnn_potential(x_in, A, b, W, w, alpha)
         (grad,) = torch.autograd.grad(psi.sum(), x_in, create_graph=True)
     return psi, grad
+
+
+def icnn_hessian(x, A, b, W, w, alpha) -> torch.Tensor:
+    """∇²ψ(x) [B, d, d] by torch.func: vmap over the batch of the Hessian of ψ at one point."""
+
+    def potential_at(point):
+        return icnn_potential(point.unsqueeze(0), A, b, W, w, alpha).squeeze(0)
+
+    return torch.func.vmap(torch.func.hessian(potential_at))(x)
+
+
+def brenier_logdet(x, A, b, W, w, alpha) -> torch.Tensor:
+    """log det ∇²ψ(x) [B]: vmap(hessian) then slogdet (NaN where the Hessian is not positive
+    definite, as the fused op's check=False)."""
+    sign, logabsdet = torch.linalg.slogdet(icnn_hessian(x, A, b, W, w, alpha))
+    return torch.where(sign > 0, logabsdet, torch.full_like(logabsdet, float("nan")))
+
+
+def brenier_logdet_bruteforce(x, A, b, W, w, alpha) -> torch.Tensor:
+    """log det ∇²ψ(x) [B] the brute-force way of research code: ∇ψ by autograd, then one
+    backward pass per input dimension (create_graph=True) to build the Hessian, then slogdet."""
+    with torch.enable_grad():
+        x_in = x if x.requires_grad else x.detach().requires_grad_()
+        psi = icnn_potential(x_in, A, b, W, w, alpha)
+        (grad,) = torch.autograd.grad(psi.sum(), x_in, create_graph=True)
+        rows = [torch.autograd.grad(grad[:, j].sum(), x_in, create_graph=True)[0] for j in range(x.shape[1])]
+    sign, logabsdet = torch.linalg.slogdet(torch.stack(rows, dim=1))
+    return torch.where(sign > 0, logabsdet, torch.full_like(logabsdet, float("nan")))

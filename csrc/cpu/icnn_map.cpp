@@ -2,19 +2,17 @@
 // parallel over rows) plugged into the shared GEMM sequence of ops/icnn_map.cpp.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
-#include <utility>
-#include <vector>
 
 #include "common/icnn_args.h"
+#include "cpu/icnn_elementwise.h"
 #include "cpu/icnn_rows.h"
+#include "cpu/row_blocks.h"
 #include "ops/icnn_map.h"
 
 namespace ivae::cpu {
@@ -99,41 +97,12 @@ void layer_adjoint(const at::Tensor& zdot_bar, const at::Tensor& z_bar, const at
   });
 }
 
+
+}  // namespace
+
 const icnn::Elementwise kCpuElementwise{&layer_forward, &top_forward, &softplus_all, &layer_adjoint};
 
-// Row blocks, one per thread, each run through the whole GEMM sequence with single-threaded
-// inner calls: at training sizes the ~30 small GEMMs and loops of a call each split over the
-// threads cost a fork/join apiece, and the threads then share no data. 1 block: inner calls
-// run multi-threaded as usual.
-constexpr int64_t kMinBlockRows = 64;
-
-int64_t row_blocks(int64_t batch) {
-  if (at::in_parallel_region()) return 1;
-  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), batch / kMinBlockRows));
-}
-
-// [begin, end) of block i of n over `rows` rows (sizes differ by at most one).
-std::pair<int64_t, int64_t> block_rows(int64_t rows, int64_t n, int64_t i) {
-  return {rows * i / n, rows * (i + 1) / n};
-}
-
-// Runs block(i) for i in [0, blocks) over the intra-op threads, each with the caller's
-// thread-local state (dispatch keys: the kernels run below autograd).
-template <typename Fn>
-void for_each_block(int64_t blocks, const Fn& block) {
-  const at::ThreadLocalState caller_state;
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
-    const at::ThreadLocalStateGuard guard(caller_state);
-    for (int64_t i = first; i < last; ++i) block(i);
-  });
-}
-
-IcnnArgs rows_of(const IcnnArgs& a, int64_t begin, int64_t end) {
-  IcnnArgs r = a;
-  r.x = a.x.narrow(0, begin, end - begin);
-  r.batch = end - begin;
-  return r;
-}
+namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> icnn_map_cpu(const at::Tensor& x, const at::Tensor& A,
                                                             const at::Tensor& b, const at::Tensor& W,
@@ -163,32 +132,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor saved_c = saved.contiguous();
   const int64_t blocks = row_blocks(args.batch);
   if (blocks == 1) return icnn::backward(kCpuElementwise, grad_psi, grad_grad, args, saved_c, output_mask);
-  // Each block's parameter gradients are summed afterwards in block order: deterministic for a
-  // given thread count.
-  std::vector<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>> parts(blocks);
-  for_each_block(blocks, [&](int64_t i) {
-    const auto [begin, end] = block_rows(args.batch, blocks, i);
+  return backward_by_blocks(args.batch, blocks, output_mask[0], [&](int64_t begin, int64_t end) {
     const int64_t n = end - begin;
-    parts[i] = icnn::backward(kCpuElementwise, grad_psi.narrow(0, begin, n), grad_grad.narrow(0, begin, n),
-                              rows_of(args, begin, end), saved_c.narrow(2, begin, n), output_mask);
+    return icnn::backward(kCpuElementwise, grad_psi.narrow(0, begin, n), grad_grad.narrow(0, begin, n),
+                          rows_of(args, begin, end), saved_c.narrow(2, begin, n), output_mask);
   });
-  const auto sum_parts = [&](auto get) {
-    at::Tensor total = get(parts[0]).clone();
-    for (int64_t i = 1; i < blocks; ++i) total.add_(get(parts[i]));
-    return total;
-  };
-  at::Tensor x_bar = at::empty({0}, args.x.options());
-  if (output_mask[0]) {
-    std::vector<at::Tensor> rows;
-    for (const auto& p : parts) rows.push_back(std::get<0>(p));
-    x_bar = at::cat(rows);
-  }
-  return {x_bar,
-          sum_parts([](const auto& p) { return std::get<1>(p); }),
-          sum_parts([](const auto& p) { return std::get<2>(p); }),
-          sum_parts([](const auto& p) { return std::get<3>(p); }),
-          sum_parts([](const auto& p) { return std::get<4>(p); }),
-          sum_parts([](const auto& p) { return std::get<5>(p); })};
 }
 
 }  // namespace

@@ -1,0 +1,158 @@
+// CPU binding of ivae_ext::brenier_logdet: the fused steps (loops in brenier_rows.cpp) plugged
+// into the shared GEMM sequence of ops/brenier_logdet.cpp, one row block per thread.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
+
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+
+#include "common/icnn_args.h"
+#include "cpu/brenier_rows.h"
+#include "cpu/icnn_elementwise.h"
+#include "cpu/row_blocks.h"
+#include "ops/brenier_logdet.h"
+
+namespace ivae::cpu {
+namespace {
+
+constexpr int64_t kTaskElements = 16384;
+
+int64_t grain_samples(int64_t per_sample) {
+  return std::max<int64_t>(1, kTaskElements / std::max<int64_t>(per_sample, 1));
+}
+
+template <typename T>
+T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
+}
+
+void jacobian_step(const at::Tensor& gemm_out, const at::Tensor& At_k, const at::Tensor& c_k,
+                   const at::Tensor& d1_k, const at::Tensor& jac, const at::Tensor& jac_c,
+                   const at::Tensor& next) {
+  const int64_t B = jac.size(0), d = jac.size(1), H = jac.size(2), ld = jac.stride(1);
+  AT_DISPATCH_FLOATING_TYPES(jac.scalar_type(), "brenier_jacobian_step", [&] {
+    const scalar_t* g = gemm_out.defined() ? gemm_out.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t *at = At_k.const_data_ptr<scalar_t>(), *c = c_k.const_data_ptr<scalar_t>(),
+                   *d1 = d1_k.const_data_ptr<scalar_t>();
+    scalar_t *jp = jac.mutable_data_ptr<scalar_t>(), *jcp = jac_c.mutable_data_ptr<scalar_t>();
+    scalar_t* np = data_or_null<scalar_t>(next);
+    at::parallel_for(0, B, grain_samples(d * H), [&](int64_t b0, int64_t b1) {
+      const int64_t r = b0 * d;
+      brenier_jacobian_step_rows(b1 - b0, d, H, g ? g + r * H : nullptr, at, c + b0 * H, d1 + b0 * H,
+                                 jp + r * ld, jcp + r * ld, ld, np ? np + r * H : nullptr);
+    });
+  });
+}
+
+void hessian_logdet(const at::Tensor& hess, const at::Tensor& alpha, const at::Tensor& logdet,
+                    const at::Tensor& info, const at::Tensor& minv) {
+  const int64_t B = hess.size(0), d = hess.size(1);
+  AT_DISPATCH_FLOATING_TYPES(hess.scalar_type(), "brenier_hessian_logdet", [&] {
+    const scalar_t alpha_value = alpha.item<scalar_t>();
+    scalar_t *hp = hess.mutable_data_ptr<scalar_t>(), *lp = logdet.mutable_data_ptr<scalar_t>();
+    int32_t* ip = info.mutable_data_ptr<int32_t>();
+    scalar_t* mp = data_or_null<scalar_t>(minv);
+    at::parallel_for(0, B, grain_samples(d * d * d), [&](int64_t b0, int64_t b1) {
+      brenier_hessian_logdet_rows(b1 - b0, d, hp + b0 * d * d, alpha_value, lp + b0, ip + b0,
+                                  mp ? mp + b0 * d * d : nullptr);
+    });
+  });
+}
+
+void hessian_adjoint(const at::Tensor& jac, const at::Tensor& p, const at::Tensor& c_k, const at::Tensor& c_bar_k) {
+  const int64_t B = jac.size(0), d = jac.size(1), H = jac.size(2), ld = jac.stride(1);
+  TORCH_INTERNAL_ASSERT(p.stride(1) == ld, "brenier_logdet: Jacobian blocks must share their row stride");
+  AT_DISPATCH_FLOATING_TYPES(jac.scalar_type(), "brenier_hessian_adjoint", [&] {
+    const scalar_t *jp = jac.const_data_ptr<scalar_t>(), *c = c_k.const_data_ptr<scalar_t>();
+    scalar_t *pp = p.mutable_data_ptr<scalar_t>(), *cb = c_bar_k.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain_samples(d * H), [&](int64_t b0, int64_t b1) {
+      const int64_t r = b0 * d;
+      brenier_hessian_adjoint_rows(b1 - b0, d, H, jp + r * ld, pp + r * ld, ld, c + b0 * H, cb + b0 * H);
+    });
+  });
+}
+
+void jacobian_adjoint(const at::Tensor& m_bar, const at::Tensor& jac_prev, const at::Tensor& d1_prev,
+                      const at::Tensor& d2_prev, const at::Tensor& jac_bar_prev, const at::Tensor& a_bar_prev) {
+  const int64_t B = jac_prev.size(0), d = jac_prev.size(1), H = jac_prev.size(2), ld = jac_prev.stride(1);
+  TORCH_INTERNAL_ASSERT(jac_bar_prev.stride(1) == ld, "brenier_logdet: Jacobian blocks must share their row stride");
+  AT_DISPATCH_FLOATING_TYPES(jac_prev.scalar_type(), "brenier_jacobian_adjoint", [&] {
+    const scalar_t *mb = m_bar.const_data_ptr<scalar_t>(), *jp = jac_prev.const_data_ptr<scalar_t>(),
+                   *d1 = d1_prev.const_data_ptr<scalar_t>(), *d2 = d2_prev.const_data_ptr<scalar_t>();
+    scalar_t *jb = jac_bar_prev.mutable_data_ptr<scalar_t>(), *ab = a_bar_prev.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain_samples(d * H), [&](int64_t b0, int64_t b1) {
+      const int64_t r = b0 * d;
+      brenier_jacobian_adjoint_rows(b1 - b0, d, H, mb + r * H, jp + r * ld, jb + r * ld, ld, d1 + b0 * H,
+                                    d2 + b0 * H, ab + b0 * H);
+    });
+  });
+}
+
+const logdet::Kernels kCpuKernels{&jacobian_step, &hessian_logdet, &hessian_adjoint, &jacobian_adjoint};
+
+void check_cpu_floating(const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
+                   "brenier_logdet: the CPU kernels take float32 or float64, got ", t.scalar_type());
+}
+
+using SevenTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const at::Tensor& b, const at::Tensor& W,
+                                const at::Tensor& w, const at::Tensor& alpha, bool keep_for_backward) {
+  const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha, "brenier_logdet");
+  check_cpu_floating(args.x);
+  const int64_t B = args.batch, d = args.dim, K = args.layers, H = args.hidden;
+  const auto opts = args.x.options();
+  logdet::ForwardOutputs out;
+  out.psi = at::empty({B}, opts);
+  out.grad = at::empty({B, d}, opts);
+  out.logdet = at::empty({B}, opts);
+  out.info = at::empty({B}, opts.dtype(at::kInt));
+  out.saved = at::empty({2, K, B, H}, opts);
+  out.jac = at::empty({keep_for_backward ? B : 0, d, K * H}, opts);
+  out.minv = at::empty({keep_for_backward ? B : 0, d, d}, opts);
+  const int64_t blocks = row_blocks(B);
+  for_each_block(blocks, [&](int64_t i) {
+    const auto [begin, end] = block_rows(B, blocks, i);
+    const int64_t n = end - begin;
+    logdet::ForwardOutputs rows{out.psi.narrow(0, begin, n), out.grad.narrow(0, begin, n),
+                                out.logdet.narrow(0, begin, n), out.info.narrow(0, begin, n),
+                                out.saved.narrow(2, begin, n), at::Tensor(), at::Tensor()};
+    if (keep_for_backward) {
+      rows.jac = out.jac.narrow(0, begin, n);
+      rows.minv = out.minv.narrow(0, begin, n);
+    }
+    logdet::forward_into(kCpuKernels, kCpuElementwise, rows_of(args, begin, end), rows);
+  });
+  return {out.psi, out.grad, out.logdet, out.info, out.saved, out.jac, out.minv};
+}
+
+SixGrads brenier_logdet_backward_cpu(const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& A,
+                                     const at::Tensor& b, const at::Tensor& W, const at::Tensor& w,
+                                     const at::Tensor& alpha, const at::Tensor& saved, const at::Tensor& jac,
+                                     const at::Tensor& minv, std::array<bool, 6> output_mask) {
+  const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha, "brenier_logdet");
+  check_cpu_floating(args.x);
+  check_logdet_backward_args(args, grad_logdet, saved, jac, minv);
+  const at::Tensor saved_c = saved.contiguous(), jac_c = jac.contiguous(), minv_c = minv.contiguous();
+  const at::Tensor omega = grad_logdet.contiguous();
+  const int64_t blocks = row_blocks(args.batch);
+  return backward_by_blocks(args.batch, blocks, output_mask[0], [&](int64_t begin, int64_t end) {
+    const int64_t n = end - begin;
+    return logdet::backward(kCpuKernels, kCpuElementwise, omega.narrow(0, begin, n), rows_of(args, begin, end),
+                            saved_c.narrow(2, begin, n), jac_c.narrow(0, begin, n), minv_c.narrow(0, begin, n),
+                            output_mask);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ivae_ext, CPU, m) {
+  m.impl("brenier_logdet", &brenier_logdet_cpu);
+  m.impl("brenier_logdet_backward", &brenier_logdet_backward_cpu);
+}
+
+}  // namespace ivae::cpu

@@ -1,0 +1,132 @@
+#include "ops/brenier_logdet.h"
+
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
+
+#include "common/scratch.h"
+
+namespace ivae::logdet {
+namespace {
+
+// Layer k's block of a [B, d, K*H] Jacobian buffer: [B, d, H], rows K*H apart.
+at::Tensor layer_block(const at::Tensor& all, int64_t k, int64_t hidden) {
+  return all.narrow(2, k * hidden, hidden);
+}
+
+// The same block as a [B*d, H] matrix (a GEMM operand).
+at::Tensor layer_rows(const at::Tensor& all, int64_t k, int64_t hidden) {
+  return all.view({-1, all.size(2)}).narrow(1, k * hidden, hidden);
+}
+
+}  // namespace
+
+void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a,
+                  const ForwardOutputs& out) {
+  const int64_t B = a.batch, d = a.dim, K = a.layers, H = a.hidden;
+  icnn::forward_into(ew, a, out.psi, out.grad, out.saved);  // pre-activations a_k and ψ's sweep s_k
+  Scratch scratch(a.x.options(), {{K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {B, d, K * H}, {B, d, H},
+                                  {B, d, H}, {B, d, d}, {out.jac.defined() ? 0 : B, d, K * H}});
+  at::Tensor z = scratch.take({K, B, H}), d1 = scratch.take({K, B, H}), d2 = scratch.take({K, B, H});
+  at::Tensor c = scratch.take({K, B, H});
+  at::Tensor jac_c = scratch.take({B, d, K * H});
+  at::Tensor next = scratch.take({B, d, H}), gemm = scratch.take({B, d, H});
+  at::Tensor hess = scratch.take({B, d, d});
+  at::Tensor jac_spare = scratch.take({out.jac.defined() ? 0 : B, d, K * H});
+  const at::Tensor jac = out.jac.defined() ? out.jac : jac_spare;
+
+  ew.softplus_all(out.saved[0], z, d1, d2);
+  at::mul_out(c, out.saved[1], d2);  // c_k = s_k ⊙ σ''(a_k)
+  for (int64_t k = 0; k < K; ++k) {
+    at::Tensor gemm_out;
+    if (k > 0) {  // (Jᵀ_{k-1} diag σ'(a_{k-1})) W_kᵀ over all B·d rows
+      gemm_out = gemm;
+      at::Tensor gemm_2d = gemm.view({B * d, H});
+      at::mm_out(gemm_2d, next.view({B * d, H}), a.W[k - 1].t());
+    }
+    kernels.jacobian_step(gemm_out, a.A[k].t().contiguous(), c[k], d1[k], layer_block(jac, k, H), layer_block(jac_c, k, H),
+                          k + 1 < K ? next : at::Tensor());
+  }
+  at::bmm_out(hess, jac_c, jac.transpose(1, 2));  // Σ_k Jᵀ_k diag(c_k) J_k for every sample
+  kernels.hessian_logdet(hess, a.alpha, out.logdet, out.info, out.minv);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const Kernels& kernels, const icnn::Elementwise& ew, const at::Tensor& grad_logdet, const IcnnArgs& a,
+    const at::Tensor& saved, const at::Tensor& jac, const at::Tensor& minv, std::array<bool, 6> mask) {
+  const int64_t B = a.batch, d = a.dim, K = a.layers, H = a.hidden;
+  const auto opts = a.x.options();
+  Scratch scratch(opts, {{K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {B, d, d},
+                         {B, d, K * H}, {B, d, H}, {B, d, H}, {B, H}});
+  at::Tensor z = scratch.take({K, B, H}), d1 = scratch.take({K, B, H}), d2 = scratch.take({K, B, H});
+  at::Tensor c = scratch.take({K, B, H}), c_bar = scratch.take({K, B, H}), a_bar = scratch.take({K, B, H});
+  at::Tensor h_bar = scratch.take({B, d, d});
+  at::Tensor p = scratch.take({B, d, K * H});  // Hess̄ Jᵀ, then J̄ᵀ in place
+  at::Tensor m_prev = scratch.take({B, d, H}), m_bar = scratch.take({B, d, H});
+  at::Tensor g_bar = scratch.take({B, H});
+  const at::Tensor s = saved[1];
+  ew.softplus_all(saved[0], z, d1, d2);
+  at::mul_out(c, s, d2);
+
+  // Hess̄ = ω̄ M; α enters Hess as αI.
+  const at::Tensor omega = grad_logdet.contiguous().view({B, 1, 1});
+  at::mul_out(h_bar, minv, omega);
+  at::bmm_out(p, h_bar, jac);
+  for (int64_t k = 0; k < K; ++k) {
+    kernels.hessian_adjoint(layer_block(jac, k, H), layer_block(p, k, H), c[k], c_bar[k]);
+  }
+
+  at::Tensor A_bar = at::zeros({K, H, d}, opts), W_bar = at::zeros({K - 1, H, H}, opts);
+  a_bar.zero_();
+  // Reverse through the Jacobian recurrence (layer k's J̄ᵀ is complete when k is reached).
+  for (int64_t k = K - 1; k >= 0; --k) {
+    const at::Tensor jac_bar_k = layer_block(p, k, H);
+    A_bar[k].add_(jac_bar_k.sum(0).t());  // Jᵀ_k = … + A_kᵀ for every sample
+    if (k == 0) break;
+    at::mul_out(m_prev, layer_block(jac, k - 1, H), d1[k - 1].unsqueeze(1));
+    const at::Tensor jac_bar_rows = layer_rows(p, k, H);
+    W_bar[k - 1].addmm_(jac_bar_rows.t(), m_prev.view({B * d, H}));
+    at::Tensor m_bar_2d = m_bar.view({B * d, H});
+    at::mm_out(m_bar_2d, jac_bar_rows, a.W[k - 1]);
+    kernels.jacobian_adjoint(m_bar, layer_block(jac, k - 1, H), d1[k - 1], d2[k - 1],
+                             layer_block(p, k - 1, H), a_bar[k - 1]);
+  }
+
+  // c_k = s_k ⊙ σ''(a_k): s̄_k = c̄_k σ'', ā_k += c̄_k s_k σ''' (σ''' = σ''(1 - 2σ')).
+  at::Tensor s_bar = c_bar.mul(d2);
+  a_bar.add_(c_bar * s * d2 * (1 - 2 * d1));
+  // Reverse through ψ's sweep s_{k-1} = (s_k ⊙ σ'(a_k)) W_k, from s_0 upwards; s_{K-1} = w.
+  for (int64_t k = 1; k < K; ++k) {
+    at::mm_out(g_bar, s_bar[k - 1], a.W[k - 1].t());
+    W_bar[k - 1].addmm_((s[k] * d1[k]).t(), s_bar[k - 1]);
+    s_bar[k].addcmul_(g_bar, d1[k]);
+    a_bar[k].add_(g_bar * s[k] * d2[k]);
+  }
+  // Reverse through the forward pass a_k = W_k z_{k-1} + A_k x + b_k, z_k = σ(a_k).
+  for (int64_t k = K - 1; k >= 1; --k) {
+    W_bar[k - 1].addmm_(a_bar[k].t(), z[k - 1]);
+    a_bar[k - 1].addcmul_(at::mm(a_bar[k], a.W[k - 1]), d1[k - 1]);
+  }
+
+  at::Tensor x_bar, b_bar, w_bar, alpha_bar;
+  if (mask[0]) {  // Σ_k ā_k A_k
+    x_bar = at::zeros({B, d}, opts);
+    for (int64_t k = 0; k < K; ++k) x_bar.addmm_(a_bar[k], a.A[k]);
+  }
+  if (mask[1]) {
+    for (int64_t k = 0; k < K; ++k) A_bar[k].addmm_(a_bar[k].t(), a.x);
+  }
+  if (mask[2]) b_bar = a_bar.sum(1);
+  if (mask[4]) w_bar = s_bar[K - 1].sum(0);
+  if (mask[5]) alpha_bar = (minv.diagonal(0, 1, 2).sum(-1) * grad_logdet).sum();  // tr(Hess̄)
+  const auto or_empty = [&](const at::Tensor& t, bool wanted) { return wanted && t.defined() ? t : at::empty({0}, opts); };
+  return {or_empty(x_bar, mask[0]), or_empty(A_bar, mask[1]), or_empty(b_bar, mask[2]),
+          or_empty(W_bar, mask[3]), or_empty(w_bar, mask[4]), or_empty(alpha_bar, mask[5])};
+}
+
+}  // namespace ivae::logdet

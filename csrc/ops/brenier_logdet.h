@@ -1,0 +1,53 @@
+// The exact log-determinant of a Brenier map's Jacobian (the ICNN Hessian) and its analytic
+// backward, as GEMMs (ATen: BLAS / cuBLAS) around fused per-device steps. Math: DESIGN.md op 3
+// and math/brenier.h; the forward pass and ψ's reverse sweep are icnn_map's (ops/icnn_map.h).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <tuple>
+
+#include "common/icnn_args.h"
+#include "ops/icnn_map.h"
+
+namespace ivae::logdet {
+
+// A device's fused steps. Jacobian blocks are [B, d, H] with rows (b, j) spaced `K*H` apart
+// (layer k's column block of a [B, d, K*H] buffer); [B, H] tensors are contiguous.
+struct Kernels {
+  // jac = gemm_out + A_kᵀ (gemm_out undefined: 0), jac_c = jac ⊙ c_k, next = jac ⊙ σ'(a_k)
+  // (skipped if undefined). gemm_out and next contiguous [B, d, H]; At_k = A_kᵀ contiguous [d, H].
+  void (*jacobian_step)(const at::Tensor& gemm_out, const at::Tensor& At_k, const at::Tensor& c_k,
+                        const at::Tensor& d1_k, const at::Tensor& jac, const at::Tensor& jac_c,
+                        const at::Tensor& next);
+  // Per sample: hess += αI, Cholesky in place, logdet, info (math/cholesky.h statuses) and, if
+  // defined, minv = hess⁻¹. hess, minv contiguous [B, d, d].
+  void (*hessian_logdet)(const at::Tensor& hess, const at::Tensor& alpha, const at::Tensor& logdet,
+                         const at::Tensor& info, const at::Tensor& minv);
+  // c_bar_k = Σ_j jac ⊙ p (over each sample's d rows); then p ← 2 p ⊙ c_k in place.
+  void (*hessian_adjoint)(const at::Tensor& jac, const at::Tensor& p, const at::Tensor& c_k,
+                          const at::Tensor& c_bar_k);
+  // jac_bar_prev += m_bar ⊙ σ'(a_{k-1}); a_bar_prev += σ''(a_{k-1}) ⊙ Σ_j m_bar ⊙ jac_prev.
+  // m_bar contiguous [B, d, H].
+  void (*jacobian_adjoint)(const at::Tensor& m_bar, const at::Tensor& jac_prev, const at::Tensor& d1_prev,
+                           const at::Tensor& d2_prev, const at::Tensor& jac_bar_prev,
+                           const at::Tensor& a_bar_prev);
+};
+
+// Outputs of the forward for a block of rows (views of the op's outputs).
+struct ForwardOutputs {
+  at::Tensor psi, grad, logdet, info, saved;  // [B], [B, d], [B], int32 [B], [2, K, B, H]
+  at::Tensor jac, minv;                       // [B, d, K*H], [B, d, d]; undefined: not kept
+};
+
+void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a,
+                  const ForwardOutputs& out);
+
+// Gradients of Σ_b grad_logdet_b · logdet_b for (x, A, b, W, w, alpha) where output_mask says so
+// (else empty tensors).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const Kernels& kernels, const icnn::Elementwise& ew, const at::Tensor& grad_logdet, const IcnnArgs& a,
+    const at::Tensor& saved, const at::Tensor& jac, const at::Tensor& minv, std::array<bool, 6> output_mask);
+
+}  // namespace ivae::logdet
