@@ -6,7 +6,7 @@ import torch
 
 from ivae_ext import reference
 from ivae_ext.nn.icnn import ICNN, flatten_points
-from ivae_ext.ops import icnn_map
+from ivae_ext.ops import brenier_map_logdet, icnn_map
 
 
 class BrenierMap(torch.nn.Module):
@@ -26,6 +26,13 @@ class BrenierMap(torch.nn.Module):
         """∇ψ(x) [..., d] for x [..., d]; with return_potential, (∇ψ(x), ψ(x) [...])."""
         psi, grad = self.potential.potential_and_gradient(x)
         return (grad, psi) if return_potential else grad
+
+    def forward_with_logdet(self, x: torch.Tensor, check: bool = True):
+        """(∇ψ(x) [..., d], log det ∇²ψ(x) [...]): the map and its exact log-Jacobian-determinant
+        in one fused pass (ivae_ext.ops.brenier_map_logdet; check as there)."""
+        flat = flatten_points(x, self.dim, f"{type(self).__name__}.forward_with_logdet")
+        _, grad, logdet = brenier_map_logdet(flat, *self.potential.weights(), check=check)
+        return grad.reshape(x.shape), logdet.reshape(x.shape[:-1])
 
     @torch.no_grad()
     def inverse(self, y: torch.Tensor, tol: float = 1e-6, max_iter: int = 50, x0: torch.Tensor | None = None):

@@ -19,41 +19,41 @@ _ARG_NAMES = ("x", "A", "b", "W", "w")
 HAS_FUSED_ICNN = HAS_EXTENSION and hasattr(torch.ops.ivae_ext, "icnn_map")
 
 
-def check_icnn_args(x, A, b, W, w, alpha) -> None:
+def check_icnn_args(x, A, b, W, w, alpha, op: str = "icnn_map") -> None:
     """The op's argument contract, for fake tensors and the reference fallback (the C++ kernels
     check the same things, with the same messages, for real tensors)."""
     tensors = (x, A, b, W, w)
     for name, t in zip(_ARG_NAMES, tensors):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"icnn_map: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
-            raise TypeError(f"icnn_map: {name} must be a floating-point tensor, got dtype {t.dtype}")
+            raise TypeError(f"{op}: {name} must be a floating-point tensor, got dtype {t.dtype}")
     for name, t in zip(_ARG_NAMES[1:] + ("alpha",), tensors[1:] + (alpha,)):
         if t.dtype != x.dtype:
-            raise TypeError(f"icnn_map: x and {name} must have the same dtype, got {x.dtype} and {t.dtype}")
+            raise TypeError(f"{op}: x and {name} must have the same dtype, got {x.dtype} and {t.dtype}")
         if t.device != x.device:
-            raise ValueError(f"icnn_map: x and {name} must be on the same device, got {x.device} and {t.device}")
+            raise ValueError(f"{op}: x and {name} must be on the same device, got {x.device} and {t.device}")
     if x.dim() != 2:
-        raise ValueError(f"icnn_map: x must have shape [B, d], got {list(x.shape)}")
+        raise ValueError(f"{op}: x must have shape [B, d], got {list(x.shape)}")
     if A.dim() != 3 or A.shape[0] < 1 or A.shape[1] < 1 or A.shape[2] != x.shape[1]:
-        raise ValueError(f"icnn_map: A must have shape [K, H, d] with K, H >= 1 and d = {x.shape[1]}, got {list(A.shape)}")
+        raise ValueError(f"{op}: A must have shape [K, H, d] with K, H >= 1 and d = {x.shape[1]}, got {list(A.shape)}")
     layers, hidden = A.shape[0], A.shape[1]
     expected = {"b": [layers, hidden], "W": [layers - 1, hidden, hidden], "w": [hidden]}
     for name, t in (("b", b), ("W", W), ("w", w)):
         if list(t.shape) != expected[name]:
-            raise ValueError(f"icnn_map: {name} must have shape {expected[name]} (K={layers}, H={hidden}), got {list(t.shape)}")
+            raise ValueError(f"{op}: {name} must have shape {expected[name]} (K={layers}, H={hidden}), got {list(t.shape)}")
     if alpha.dim() != 0:
-        raise ValueError(f"icnn_map: alpha must be a float or a 0-d tensor, got shape {list(alpha.shape)}")
+        raise ValueError(f"{op}: alpha must be a float or a 0-d tensor, got shape {list(alpha.shape)}")
 
 
-def _alpha_tensor(alpha, x: torch.Tensor) -> torch.Tensor:
+def _alpha_tensor(alpha, x: torch.Tensor, op: str = "icnn_map") -> torch.Tensor:
     if isinstance(alpha, torch.Tensor):
         return alpha
     if isinstance(alpha, Real) and not isinstance(alpha, bool):
         if alpha < 0:
-            raise ValueError(f"icnn_map: alpha must be >= 0 (strong convexity), got {alpha}")
+            raise ValueError(f"{op}: alpha must be >= 0 (strong convexity), got {alpha}")
         return torch.tensor(float(alpha), dtype=x.dtype, device=x.device)
-    raise TypeError(f"icnn_map: alpha must be a float or a 0-d tensor, got {type(alpha).__name__}")
+    raise TypeError(f"{op}: alpha must be a float or a 0-d tensor, got {type(alpha).__name__}")
 
 
 def icnn_map(x, A, b, W, w, alpha=0.0):

@@ -1,0 +1,102 @@
+"""Exact log-determinant of a Brenier map's Jacobian, log det ∇²ψ(x), for the ICNN ψ of icnn_map.
+
+Kernels: ``torch.ops.ivae_ext.brenier_logdet`` / ``brenier_logdet_backward`` (csrc/). The
+Hessian comes from a forward-mode Jacobian recurrence (GEMMs over the batch) and a per-sample
+Cholesky factorisation (DESIGN.md op 3). Without the compiled op the reference (vmap(hessian)
+and slogdet) runs instead.
+
+Hessians that are not positive definite (α = 0 with saturated units, or weights that break
+convexity) have no real log-determinant. Policy: with ``check=True`` (default) such a sample is
+an error (ValueError naming how many samples and the first one); with ``check=False`` its
+logdet is NaN, and ``return_info=True`` also returns the per-sample status (0: fine; k > 0: the
+leading minor of order k is not positive definite; -1: the Hessian was not finite, e.g. NaN in
+x). The check reads the status back to the host, a synchronisation on CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ivae_ext import reference
+from ivae_ext._extension import HAS_EXTENSION
+from ivae_ext.ops._autograd import refuse_double_backward
+from ivae_ext.ops.icnn_map import _alpha_tensor, check_icnn_args
+
+HAS_FUSED_LOGDET = HAS_EXTENSION and hasattr(torch.ops.ivae_ext, "brenier_logdet")
+_OP = "brenier_logdet"
+
+
+def _raise_if_not_positive_definite(info: torch.Tensor) -> None:
+    bad = info > 0
+    count = int(bad.sum())
+    if count:
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{_OP}: the Hessian ∇²ψ(x) is not positive definite for {count} of {info.numel()} samples "
+            f"(first: sample {first}, leading minor of order {int(info[first])}); its log-determinant is "
+            f"undefined there. Use alpha > 0 (strong convexity) and non-negative W, w (ivae_ext.nn.ICNN "
+            f"keeps them so), or pass check=False to get NaN for those samples."
+        )
+
+
+def _reference_with_info(x, A, b, W, w, alpha):
+    psi, grad = reference.icnn_map(x, A, b, W, w, alpha)
+    hess = reference.icnn_hessian(x, A, b, W, w, alpha)
+    _, info = torch.linalg.cholesky_ex(hess)
+    finite = torch.isfinite(hess).flatten(1).all(-1)
+    info = torch.where(finite, info, torch.full_like(info, -1))
+    logdet = reference.brenier_logdet(x, A, b, W, w, alpha)
+    return psi, grad, torch.where(info == 0, logdet, torch.full_like(logdet, float("nan"))), info
+
+
+def brenier_map_logdet(x, A, b, W, w, alpha=0.0, check: bool = True, return_info: bool = False):
+    """(ψ(x) [B], ∇ψ(x) [B, d], log det ∇²ψ(x) [B]) in one pass: what a convex-potential flow
+    needs. Arguments as :func:`ivae_ext.ops.icnn_map`; ``check`` and ``return_info`` as in this
+    module's docstring (with return_info, a fourth output: int32 status [B]).
+
+    Differentiable once in every argument through any of the three outputs (analytic backward);
+    a second backward raises an error.
+    """
+    alpha = _alpha_tensor(alpha, x, _OP)
+    if not HAS_FUSED_LOGDET:
+        check_icnn_args(x, A, b, W, w, alpha, _OP)
+        if bool(alpha < 0):
+            raise ValueError(f"{_OP}: alpha must be >= 0 (strong convexity), got {alpha.item()}")
+        psi, grad, logdet, info = _reference_with_info(x, A, b, W, w, alpha)
+    else:
+        keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, A, b, W, w, alpha))
+        psi, grad, logdet, info, *_ = torch.ops.ivae_ext.brenier_logdet.default(x, A, b, W, w, alpha, keep)
+    if check:
+        _raise_if_not_positive_definite(info)
+    return (psi, grad, logdet, info) if return_info else (psi, grad, logdet)
+
+
+def brenier_logdet(x, A, b, W, w, alpha=0.0, check: bool = True, return_info: bool = False):
+    """log det ∇²ψ(x) [B], the log-Jacobian-determinant of the Brenier map x ↦ ∇ψ(x), exact.
+    See :func:`brenier_map_logdet`; with return_info, (logdet, status)."""
+    out = brenier_map_logdet(x, A, b, W, w, alpha, check=check, return_info=True)
+    return (out[2], out[3]) if return_info else out[2]
+
+
+if HAS_FUSED_LOGDET:
+
+    @torch.library.register_fake("ivae_ext::brenier_logdet")
+    def _brenier_logdet_fake(x, A, b, W, w, alpha, keep_for_backward):
+        check_icnn_args(x, A, b, W, w, alpha, _OP)
+        batch, dim = x.shape
+        layers, hidden = A.shape[0], A.shape[1]
+        kept = batch if keep_for_backward else 0
+        return (
+            x.new_empty((batch,)), x.new_empty((batch, dim)), x.new_empty((batch,)),
+            x.new_empty((batch,), dtype=torch.int32), x.new_empty((2, layers, batch, hidden)),
+            x.new_empty((kept, dim, layers * hidden)), x.new_empty((kept, dim, dim)),
+        )
+
+    @torch.library.register_fake("ivae_ext::brenier_logdet_backward")
+    def _brenier_logdet_backward_fake(grad_logdet, x, A, b, W, w, alpha, saved, jac, minv, output_mask):
+        check_icnn_args(x, A, b, W, w, alpha, _OP)
+        inputs = (x, A, b, W, w, alpha)
+        return tuple(t.new_empty(t.shape if wanted else (0,)) for t, wanted in zip(inputs, output_mask))
+
+    # brenier_logdet's autograd is registered in C++ (csrc/ops/brenier_logdet_autograd.cpp).
+    refuse_double_backward("ivae_ext::brenier_logdet_backward", _OP, "ivae_ext.reference.brenier_logdet")
