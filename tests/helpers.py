@@ -30,3 +30,21 @@ def outputs_and_grads(fn, inputs, *args):
     loss = (out * weights.to(out.dtype).to(out.device)).sum()
     grads = torch.autograd.grad(loss, inputs)
     return [out.detach(), *grads]
+
+
+def icnn_inputs(batch, dim, hidden, layers, dtype=torch.float64, device="cpu", seed=0, alpha=0.3):
+    """Leaf tensors (x, A, b, W, w, alpha) that require grad; W, w >= 0 as ivae_ext.nn.ICNN keeps them."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0, positive=False):
+        t = torch.rand(shape, generator=gen, dtype=torch.float64) if positive else torch.randn(shape, generator=gen, dtype=torch.float64)
+        return (scale * t).to(dtype=dtype, device=device).requires_grad_()
+
+    return [
+        rand(batch, dim),
+        rand(layers, hidden, dim, scale=dim**-0.5),
+        rand(layers, hidden),
+        rand(layers - 1, hidden, hidden, scale=2.0 / hidden, positive=True),
+        rand(hidden, scale=2.0 / hidden, positive=True),
+        torch.tensor(alpha, dtype=dtype, device=device, requires_grad=True),
+    ]

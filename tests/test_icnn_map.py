@@ -9,31 +9,13 @@ from ivae_ext import reference
 from ivae_ext.ops import icnn_map
 from ivae_ext.ops.icnn_map import HAS_FUSED_ICNN
 
-from helpers import DEVICES
+from helpers import DEVICES, icnn_inputs
 
 pytestmark = pytest.mark.skipif(not HAS_FUSED_ICNN, reason="compiled op required")
 
 # (B, d, H, K), including the degenerate K = 1, d = 1, H = 1.
 SHAPES = [(9, 3, 8, 3), (6, 1, 5, 2), (5, 4, 1, 2), (7, 2, 6, 1), (4, 1, 1, 1), (33, 5, 40, 4)]
 NAMES = ("x", "A", "b", "W", "w", "alpha")
-
-
-def icnn_inputs(batch, dim, hidden, layers, dtype=torch.float64, device="cpu", seed=0, alpha=0.3):
-    """Leaf tensors (x, A, b, W, w, alpha) that require grad; W, w >= 0 as ivae_ext.nn.ICNN keeps them."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=1.0, positive=False):
-        t = torch.rand(shape, generator=gen, dtype=torch.float64) if positive else torch.randn(shape, generator=gen, dtype=torch.float64)
-        return (scale * t).to(dtype=dtype, device=device).requires_grad_()
-
-    return [
-        rand(batch, dim),
-        rand(layers, hidden, dim, scale=dim**-0.5),
-        rand(layers, hidden),
-        rand(layers - 1, hidden, hidden, scale=2.0 / hidden, positive=True),
-        rand(hidden, scale=2.0 / hidden, positive=True),
-        torch.tensor(alpha, dtype=dtype, device=device, requires_grad=True),
-    ]
 
 
 def outputs_and_grads(fn, inputs):

@@ -11,7 +11,7 @@
 
 #include "common/icnn_args.h"
 #include "cpu/brenier_rows.h"
-#include "cpu/icnn_elementwise.h"
+#include "cpu/icnn_table.h"
 #include "cpu/row_blocks.h"
 #include "ops/brenier_logdet.h"
 

@@ -10,7 +10,7 @@
 #include <algorithm>
 
 #include "common/icnn_args.h"
-#include "cpu/icnn_elementwise.h"
+#include "cpu/icnn_table.h"
 #include "cpu/icnn_rows.h"
 #include "cpu/row_blocks.h"
 #include "ops/icnn_map.h"

@@ -10,6 +10,7 @@
 
 #include "common/icnn_args.h"
 #include "cuda/icnn_elementwise.cuh"
+#include "cuda/icnn_table.h"
 #include "ops/icnn_map.h"
 
 namespace ivae::cuda::icnn {
@@ -72,7 +73,11 @@ void layer_adjoint(const at::Tensor& zdot_bar, const at::Tensor& z_bar, const at
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+}  // namespace
+
 const ivae::icnn::Elementwise kCudaElementwise{&layer_forward, &top_forward, &softplus_all, &layer_adjoint};
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> icnn_map_cuda(const at::Tensor& x, const at::Tensor& A,
                                                              const at::Tensor& b, const at::Tensor& W,

@@ -86,7 +86,14 @@ class BrenierLogdetFunction : public torch::autograd::Function<BrenierLogdetFunc
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
     std::array<Tensor, 6> total;
     if (grad_outputs[2].defined()) {
-      total = as_array(logdet_backward_op(grad_outputs[2], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], mask));
+      Tensor jac = s[7], minv = s[8];
+      if (jac.size(0) != s[0].size(0)) {  // not kept (e.g. traced without grad mode): recompute
+        at::AutoDispatchBelowADInplaceOrView guard;
+        const auto again = logdet_op(s[0], s[1], s[2], s[3], s[4], s[5], true);
+        jac = std::get<5>(again);
+        minv = std::get<6>(again);
+      }
+      total = as_array(logdet_backward_op(grad_outputs[2], s[0], s[1], s[2], s[3], s[4], s[5], s[6], jac, minv, mask));
     }
     if (grad_outputs[0].defined() || grad_outputs[1].defined()) {
       const Tensor grad_psi = grad_outputs[0].defined() ? grad_outputs[0] : at::zeros({s[0].size(0)}, s[0].options());
