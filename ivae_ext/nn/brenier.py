@@ -75,13 +75,16 @@ class BrenierMap(torch.nn.Module):
             # Newton direction: Hess ψ ⪰ α I, so it is SPD and the direction descends.
             step = -torch.linalg.solve(hessian(xa), ga.unsqueeze(-1)).squeeze(-1)
             slope = (ga * step).sum(-1)
+            # The Newton decrement −slope is below f's rounding: f can no longer tell steps apart.
+            stalled = -slope <= 100 * torch.finfo(fa.dtype).eps * (1 + fa.abs())
             t = torch.ones_like(fa)
             for _ in range(60):
                 x_try = xa + t.unsqueeze(-1) * step
                 f_try, g_try = objective(x_try, ya)
                 r_try = g_try.norm(dim=-1)
-                # Armijo decrease, or (near the optimum, where f stalls at rounding) a smaller residual.
-                ok = (f_try <= fa + 1e-4 * t * slope) | (r_try < ra)
+                # Armijo decrease, or (only once f stalls at rounding) a smaller residual: accepting
+                # a smaller residual anywhere else can cycle between two points.
+                ok = (f_try <= fa + 1e-4 * t * slope) | (stalled & (r_try < ra))
                 if bool(ok.all()):
                     break
                 t = torch.where(ok, t, 0.5 * t)
