@@ -29,48 +29,48 @@ T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
 }
 
-void jacobian_step(const at::Tensor& gemm_out, const at::Tensor& At_k, const at::Tensor& c_k,
-                   const at::Tensor& d1_k, const at::Tensor& jac, const at::Tensor& jac_c,
-                   const at::Tensor& next) {
+void jacobian_step(const at::Tensor& gemm_out, const at::Tensor& At_k, const at::Tensor& d1_k,
+                   const at::Tensor& jac, const at::Tensor& next) {
   const int64_t B = jac.size(0), d = jac.size(1), H = jac.size(2), ld = jac.stride(1);
   AT_DISPATCH_FLOATING_TYPES(jac.scalar_type(), "brenier_jacobian_step", [&] {
     const scalar_t* g = gemm_out.defined() ? gemm_out.const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t *at = At_k.const_data_ptr<scalar_t>(), *c = c_k.const_data_ptr<scalar_t>(),
-                   *d1 = d1_k.const_data_ptr<scalar_t>();
-    scalar_t *jp = jac.mutable_data_ptr<scalar_t>(), *jcp = jac_c.mutable_data_ptr<scalar_t>();
+    const scalar_t *at = At_k.const_data_ptr<scalar_t>(), *d1 = d1_k.const_data_ptr<scalar_t>();
+    scalar_t* jp = jac.mutable_data_ptr<scalar_t>();
     scalar_t* np = data_or_null<scalar_t>(next);
     at::parallel_for(0, B, grain_samples(d * H), [&](int64_t b0, int64_t b1) {
       const int64_t r = b0 * d;
-      brenier_jacobian_step_rows(b1 - b0, d, H, g ? g + r * H : nullptr, at, c + b0 * H, d1 + b0 * H,
-                                 jp + r * ld, jcp + r * ld, ld, np ? np + r * H : nullptr);
+      brenier_jacobian_step_rows(b1 - b0, d, H, g ? g + r * H : nullptr, at, d1 + b0 * H, jp + r * ld, ld,
+                                 np ? np + r * H : nullptr);
     });
   });
 }
 
-void hessian_logdet(const at::Tensor& hess, const at::Tensor& alpha, const at::Tensor& logdet,
+void hessian_logdet(const at::Tensor& jac, const at::Tensor& c, const at::Tensor& alpha, const at::Tensor& logdet,
                     const at::Tensor& info, const at::Tensor& minv) {
-  const int64_t B = hess.size(0), d = hess.size(1);
-  AT_DISPATCH_FLOATING_TYPES(hess.scalar_type(), "brenier_hessian_logdet", [&] {
+  const int64_t B = jac.size(0), d = jac.size(1), K = c.size(0), H = c.size(2);
+  AT_DISPATCH_FLOATING_TYPES(jac.scalar_type(), "brenier_hessian_logdet", [&] {
     const scalar_t alpha_value = alpha.item<scalar_t>();
-    scalar_t *hp = hess.mutable_data_ptr<scalar_t>(), *lp = logdet.mutable_data_ptr<scalar_t>();
+    const scalar_t *jp = jac.const_data_ptr<scalar_t>(), *cp = c.const_data_ptr<scalar_t>();
+    scalar_t* lp = logdet.mutable_data_ptr<scalar_t>();
     int32_t* ip = info.mutable_data_ptr<int32_t>();
     scalar_t* mp = data_or_null<scalar_t>(minv);
-    at::parallel_for(0, B, grain_samples(d * d * d), [&](int64_t b0, int64_t b1) {
-      brenier_hessian_logdet_rows(b1 - b0, d, hp + b0 * d * d, alpha_value, lp + b0, ip + b0,
-                                  mp ? mp + b0 * d * d : nullptr);
+    at::parallel_for(0, B, grain_samples(d * d * K * H), [&](int64_t b0, int64_t b1) {
+      brenier_hessian_logdet_rows(b1 - b0, d, K, H, jp + b0 * d * K * H, cp + b0 * H, B * H, alpha_value,
+                                  lp + b0, ip + b0, mp ? mp + b0 * d * d : nullptr);
     });
   });
 }
 
-void hessian_adjoint(const at::Tensor& jac, const at::Tensor& p, const at::Tensor& c_k, const at::Tensor& c_bar_k) {
-  const int64_t B = jac.size(0), d = jac.size(1), H = jac.size(2), ld = jac.stride(1);
-  TORCH_INTERNAL_ASSERT(p.stride(1) == ld, "brenier_logdet: Jacobian blocks must share their row stride");
+void hessian_adjoint(const at::Tensor& jac, const at::Tensor& minv, const at::Tensor& grad_logdet,
+                     const at::Tensor& c, const at::Tensor& p, const at::Tensor& c_bar) {
+  const int64_t B = jac.size(0), d = jac.size(1), K = c.size(0), H = c.size(2);
   AT_DISPATCH_FLOATING_TYPES(jac.scalar_type(), "brenier_hessian_adjoint", [&] {
-    const scalar_t *jp = jac.const_data_ptr<scalar_t>(), *c = c_k.const_data_ptr<scalar_t>();
-    scalar_t *pp = p.mutable_data_ptr<scalar_t>(), *cb = c_bar_k.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B, grain_samples(d * H), [&](int64_t b0, int64_t b1) {
-      const int64_t r = b0 * d;
-      brenier_hessian_adjoint_rows(b1 - b0, d, H, jp + r * ld, pp + r * ld, ld, c + b0 * H, cb + b0 * H);
+    const scalar_t *jp = jac.const_data_ptr<scalar_t>(), *mp = minv.const_data_ptr<scalar_t>(),
+                   *op = grad_logdet.const_data_ptr<scalar_t>(), *cp = c.const_data_ptr<scalar_t>();
+    scalar_t *pp = p.mutable_data_ptr<scalar_t>(), *cb = c_bar.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B, grain_samples(d * d * K * H), [&](int64_t b0, int64_t b1) {
+      brenier_hessian_adjoint_rows(b1 - b0, d, K, H, jp + b0 * d * K * H, mp + b0 * d * d, op + b0, cp + b0 * H,
+                                   B * H, pp + b0 * d * K * H, cb + b0 * H);
     });
   });
 }

@@ -1,6 +1,7 @@
 #include "cpu/brenier_rows.h"
 
 #include <limits>
+#include <vector>
 
 #include "cpu/cpu_clones.h"
 #include "math/brenier.h"
@@ -12,31 +13,27 @@ namespace {
 // `omp simd` over h: rows never alias (see expfam_kl_rows.cpp for why restrict alone is not enough).
 template <typename T>
 void jacobian_step(int64_t batch, int64_t dim, int64_t hidden, const T* gemm_out, const T* At_k,
-                   const T* c_k, const T* d1_k, T* jac, T* jac_c, int64_t ld, T* next) {
+                   const T* d1_k, T* jac, int64_t ld, T* next) {
   for (int64_t b = 0; b < batch; ++b) {
-    const T* __restrict__ c = c_k + b * hidden;
     const T* __restrict__ d1 = d1_k + b * hidden;
     for (int64_t j = 0; j < dim; ++j) {
       const int64_t r = b * dim + j;
       const T* __restrict__ at = At_k + j * hidden;
       const T* __restrict__ g = gemm_out ? gemm_out + r * hidden : nullptr;
       T* __restrict__ out = jac + r * ld;
-      T* __restrict__ out_c = jac_c + r * ld;
       T* __restrict__ out_next = next ? next + r * hidden : nullptr;
       if (g && out_next) {
 #pragma omp simd
         for (int64_t h = 0; h < hidden; ++h) {
-          const math::JacobianStep<T> s = math::jacobian_step(g[h], at[h], c[h], d1[h]);
+          const math::JacobianStep<T> s = math::jacobian_step(g[h], at[h], d1[h]);
           out[h] = s.jac;
-          out_c[h] = s.jac_c;
           out_next[h] = s.next;
         }
       } else {  // first or last layer: no GEMM input, or no next layer
 #pragma omp simd
         for (int64_t h = 0; h < hidden; ++h) {
-          const math::JacobianStep<T> s = math::jacobian_step(g ? g[h] : T(0), at[h], c[h], d1[h]);
+          const math::JacobianStep<T> s = math::jacobian_step(g ? g[h] : T(0), at[h], d1[h]);
           out[h] = s.jac;
-          out_c[h] = s.jac_c;
           if (out_next) out_next[h] = s.next;
         }
       }
@@ -44,19 +41,46 @@ void jacobian_step(int64_t batch, int64_t dim, int64_t hidden, const T* gemm_out
   }
 }
 
+// Hess[i][j] for j <= i: Σ over a sample's K*H columns of (Jᵀ_i c) Jᵀ_j, with Jᵀ_i c staged in
+// `scaled` (one row, in cache) so each entry is one vectorised dot product.
 template <typename T>
-void hessian_logdet(int64_t batch, int64_t dim, T* hess, T alpha, T* logdet, int32_t* info, T* minv) {
+void hessian_lower(int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* c, int64_t layer_stride,
+                   T* scaled, T* hess) {
+  const int64_t width = layers * hidden;
+  for (int64_t i = 0; i < dim; ++i) {
+    const T* __restrict__ row_i = jac + i * width;
+    T* __restrict__ sc = scaled;
+    for (int64_t k = 0; k < layers; ++k) {
+      const T* __restrict__ ck = c + k * layer_stride;
+#pragma omp simd
+      for (int64_t h = 0; h < hidden; ++h) sc[k * hidden + h] = row_i[k * hidden + h] * ck[h];
+    }
+    for (int64_t j = 0; j <= i; ++j) {
+      const T* __restrict__ row_j = jac + j * width;
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t e = 0; e < width; ++e) dot += sc[e] * row_j[e];
+      hess[i * dim + j] = dot;
+    }
+  }
+}
+
+template <typename T>
+void hessian_logdet(int64_t batch, int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* c,
+                    int64_t layer_stride, T alpha, T* logdet, int32_t* info, T* minv) {
   const T nan = std::numeric_limits<T>::quiet_NaN();
+  std::vector<T> scaled(layers * hidden), hess(dim * dim);
   for (int64_t b = 0; b < batch; ++b) {
-    T* h = hess + b * dim * dim;
-    for (int64_t j = 0; j < dim; ++j) h[j * dim + j] += alpha;
-    const int32_t status = math::cholesky_lower(h, dim);
+    hessian_lower(dim, layers, hidden, jac + b * dim * layers * hidden, c + b * hidden, layer_stride,
+                  scaled.data(), hess.data());
+    for (int64_t j = 0; j < dim; ++j) hess[j * dim + j] += alpha;
+    const int32_t status = math::cholesky_lower(hess.data(), dim);
     info[b] = status;
-    logdet[b] = status == math::kCholeskyOk ? math::cholesky_logdet(h, dim) : nan;
+    logdet[b] = status == math::kCholeskyOk ? math::cholesky_logdet(hess.data(), dim) : nan;
     if (!minv) continue;
     T* m = minv + b * dim * dim;
     if (status == math::kCholeskyOk) {
-      math::cholesky_inverse(h, m, dim);
+      math::cholesky_inverse(hess.data(), m, dim);
     } else {
       for (int64_t i = 0; i < dim * dim; ++i) m[i] = nan;
     }
@@ -64,21 +88,39 @@ void hessian_logdet(int64_t batch, int64_t dim, T* hess, T alpha, T* logdet, int
 }
 
 template <typename T>
-void hessian_adjoint(int64_t batch, int64_t dim, int64_t hidden, const T* jac, T* p, int64_t ld,
-                     const T* c_k, T* c_bar_k) {
+void hessian_adjoint(int64_t batch, int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* minv,
+                     const T* grad_logdet, const T* c, int64_t layer_stride, T* p, T* c_bar) {
+  const int64_t width = layers * hidden;
+  std::vector<T> row(width);
   for (int64_t b = 0; b < batch; ++b) {
-    const T* __restrict__ c = c_k + b * hidden;
-    T* __restrict__ c_bar = c_bar_k + b * hidden;
-    for (int64_t h = 0; h < hidden; ++h) c_bar[h] = 0;
-    for (int64_t j = 0; j < dim; ++j) {
-      const int64_t r = b * dim + j;
-      const T* __restrict__ jr = jac + r * ld;
-      T* __restrict__ pr = p + r * ld;
+    const T* J = jac + b * dim * width;
+    const T* M = minv + b * dim * dim;
+    const T omega = grad_logdet[b];
+    for (int64_t k = 0; k < layers; ++k) {
+      T* __restrict__ cb = c_bar + k * layer_stride + b * hidden;
+      for (int64_t h = 0; h < hidden; ++h) cb[h] = 0;
+    }
+    for (int64_t i = 0; i < dim; ++i) {
+      T* __restrict__ pr = row.data();
+      for (int64_t e = 0; e < width; ++e) pr[e] = 0;
+      for (int64_t j = 0; j < dim; ++j) {  // row i of Hess̄ Jᵀ, Hess̄ = ω̄ M
+        const T weight = omega * M[i * dim + j];
+        const T* __restrict__ jr = J + j * width;
 #pragma omp simd
-      for (int64_t h = 0; h < hidden; ++h) {
-        const math::HessianAdjoint<T> a = math::hessian_adjoint(jr[h], pr[h], c[h]);
-        c_bar[h] += a.c_bar_term;
-        pr[h] = a.jac_bar;
+        for (int64_t e = 0; e < width; ++e) pr[e] += weight * jr[e];
+      }
+      const T* __restrict__ ji = J + i * width;
+      T* __restrict__ out = p + (b * dim + i) * width;
+      for (int64_t k = 0; k < layers; ++k) {
+        const T* __restrict__ ck = c + k * layer_stride + b * hidden;
+        T* __restrict__ cb = c_bar + k * layer_stride + b * hidden;
+#pragma omp simd
+        for (int64_t h = 0; h < hidden; ++h) {
+          const int64_t e = k * hidden + h;
+          const math::HessianAdjoint<T> a = math::hessian_adjoint(ji[e], pr[e], ck[h]);
+          cb[h] += a.c_bar_term;
+          out[e] = a.jac_bar;
+        }
       }
     }
   }
@@ -110,19 +152,21 @@ void jacobian_adjoint(int64_t batch, int64_t dim, int64_t hidden, const T* m_bar
 
 #define IVAE_BRENIER_ROWS_FOR(T)                                                                    \
   IVAE_CPU_CLONES void brenier_jacobian_step_rows(int64_t batch, int64_t dim, int64_t hidden,      \
-                                                  const T* gemm_out, const T* At_k, const T* c_k,  \
-                                                  const T* d1_k, T* jac, T* jac_c, int64_t ld,     \
-                                                  T* next) {                                       \
-    jacobian_step(batch, dim, hidden, gemm_out, At_k, c_k, d1_k, jac, jac_c, ld, next);           \
+                                                  const T* gemm_out, const T* At_k, const T* d1_k, \
+                                                  T* jac, int64_t ld, T* next) {                   \
+    jacobian_step(batch, dim, hidden, gemm_out, At_k, d1_k, jac, ld, next);                        \
   }                                                                                                \
-  IVAE_CPU_CLONES void brenier_hessian_logdet_rows(int64_t batch, int64_t dim, T* hess, T alpha,   \
-                                                   T* logdet, int32_t* info, T* minv) {            \
-    hessian_logdet(batch, dim, hess, alpha, logdet, info, minv);                                   \
+  IVAE_CPU_CLONES void brenier_hessian_logdet_rows(int64_t batch, int64_t dim, int64_t layers,     \
+                                                   int64_t hidden, const T* jac, const T* c,       \
+                                                   int64_t layer_stride, T alpha, T* logdet,       \
+                                                   int32_t* info, T* minv) {                       \
+    hessian_logdet(batch, dim, layers, hidden, jac, c, layer_stride, alpha, logdet, info, minv);   \
   }                                                                                                \
-  IVAE_CPU_CLONES void brenier_hessian_adjoint_rows(int64_t batch, int64_t dim, int64_t hidden,    \
-                                                    const T* jac, T* p, int64_t ld, const T* c_k,  \
-                                                    T* c_bar_k) {                                  \
-    hessian_adjoint(batch, dim, hidden, jac, p, ld, c_k, c_bar_k);                                 \
+  IVAE_CPU_CLONES void brenier_hessian_adjoint_rows(int64_t batch, int64_t dim, int64_t layers,    \
+                                                    int64_t hidden, const T* jac, const T* minv,   \
+                                                    const T* grad_logdet, const T* c,              \
+                                                    int64_t layer_stride, T* p, T* c_bar) {        \
+    hessian_adjoint(batch, dim, layers, hidden, jac, minv, grad_logdet, c, layer_stride, p, c_bar); \
   }                                                                                                \
   IVAE_CPU_CLONES void brenier_jacobian_adjoint_rows(int64_t batch, int64_t dim, int64_t hidden,   \
                                                      const T* m_bar, const T* jac_prev,            \

@@ -1,26 +1,29 @@
 // Torch-free CPU loops for the Brenier log-determinant's fused steps (math: math/brenier.h and
-// math/cholesky.h). Jacobian blocks hold B·d rows (b, j) of H values spaced `ld` apart; [B, H]
-// and [B, d, d] arrays are contiguous. Compiled per x86-64 level like icnn_rows.
+// math/cholesky.h). A sample's Jacobian is d rows of K*H values (`ld` apart in a layer block);
+// [K, B, H] arrays have layer stride `layer_stride`; [B, d, d] arrays are contiguous. Compiled per
+// x86-64 level like icnn_rows.
 #pragma once
 
 #include <cstdint>
 
 namespace ivae::cpu {
 
-#define IVAE_BRENIER_ROWS_DECLARE(T)                                                               \
-  /* jac = gemm_out + A_kᵀ (gemm_out null: 0); jac_c = jac c_k; next = jac σ'(a_k) (if not null). */ \
-  void brenier_jacobian_step_rows(int64_t batch, int64_t dim, int64_t hidden, const T* gemm_out,   \
-                                  const T* At_k, const T* c_k, const T* d1_k, T* jac, T* jac_c,    \
-                                  int64_t ld, T* next);                                           \
-  /* Per sample: hess += αI, Cholesky in place, logdet, info; minv = hess⁻¹ if not null. */        \
-  void brenier_hessian_logdet_rows(int64_t batch, int64_t dim, T* hess, T alpha, T* logdet,        \
-                                   int32_t* info, T* minv);                                       \
-  /* c_bar = Σ_j jac p; then p = 2 c p. */                                                        \
-  void brenier_hessian_adjoint_rows(int64_t batch, int64_t dim, int64_t hidden, const T* jac,      \
-                                    T* p, int64_t ld, const T* c_k, T* c_bar_k);                  \
-  /* jac_bar_prev += m_bar σ'; a_bar_prev += σ'' Σ_j m_bar jac_prev. */                            \
-  void brenier_jacobian_adjoint_rows(int64_t batch, int64_t dim, int64_t hidden, const T* m_bar,   \
-                                     const T* jac_prev, T* jac_bar_prev, int64_t ld, const T* d1,  \
+#define IVAE_BRENIER_ROWS_DECLARE(T)                                                                \
+  /* jac = gemm_out + A_kᵀ (gemm_out null: 0); next = jac σ'(a_k) (if not null). */                \
+  void brenier_jacobian_step_rows(int64_t batch, int64_t dim, int64_t hidden, const T* gemm_out,    \
+                                  const T* At_k, const T* d1_k, T* jac, int64_t ld, T* next);       \
+  /* Per sample: Hess = Σ_k Jᵀ_k diag(c_k) J_k + αI (lower triangle), Cholesky, logdet, info and,   \
+     if minv is not null, minv = Hess⁻¹. jac contiguous [batch, dim, layers*hidden]. */             \
+  void brenier_hessian_logdet_rows(int64_t batch, int64_t dim, int64_t layers, int64_t hidden,      \
+                                   const T* jac, const T* c, int64_t layer_stride, T alpha,         \
+                                   T* logdet, int32_t* info, T* minv);                              \
+  /* Per sample: P = ω̄ minv Jᵀ; c_bar = Σ_j Jᵀ ⊙ P; p = 2 P diag(c). */                              \
+  void brenier_hessian_adjoint_rows(int64_t batch, int64_t dim, int64_t layers, int64_t hidden,     \
+                                    const T* jac, const T* minv, const T* grad_logdet, const T* c,  \
+                                    int64_t layer_stride, T* p, T* c_bar);                          \
+  /* jac_bar_prev += m_bar σ'; a_bar_prev += σ'' Σ_j m_bar jac_prev. */                             \
+  void brenier_jacobian_adjoint_rows(int64_t batch, int64_t dim, int64_t hidden, const T* m_bar,    \
+                                     const T* jac_prev, T* jac_bar_prev, int64_t ld, const T* d1,   \
                                      const T* d2, T* a_bar_prev);
 
 IVAE_BRENIER_ROWS_DECLARE(float)

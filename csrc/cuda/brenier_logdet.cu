@@ -8,7 +8,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mul.h>
 
 #include "common/icnn_args.h"
 #include "cuda/brenier_logdet.cuh"
@@ -31,20 +34,26 @@ void check_cuda_floating(const at::Tensor& t) {
                    "brenier_logdet: the CUDA kernels take float32 or float64, got ", t.scalar_type());
 }
 
-void jacobian_step(const at::Tensor& gemm_out, const at::Tensor& At_k, const at::Tensor& c_k,
-                   const at::Tensor& d1_k, const at::Tensor& jac, const at::Tensor& jac_c, const at::Tensor& next) {
+void jacobian_step(const at::Tensor& gemm_out, const at::Tensor& At_k, const at::Tensor& d1_k,
+                   const at::Tensor& jac, const at::Tensor& next) {
   AT_DISPATCH_FLOATING_TYPES(jac.scalar_type(), "brenier_jacobian_step_cuda", [&] {
     launch_jacobian_step<scalar_t>(
         jac.size(0), jac.size(1), jac.size(2), gemm_out.defined() ? gemm_out.const_data_ptr<scalar_t>() : nullptr,
-        At_k.const_data_ptr<scalar_t>(), c_k.const_data_ptr<scalar_t>(), d1_k.const_data_ptr<scalar_t>(),
-        jac.mutable_data_ptr<scalar_t>(), jac_c.mutable_data_ptr<scalar_t>(), jac.stride(1),
-        data_or_null<scalar_t>(next), stream());
+        At_k.const_data_ptr<scalar_t>(), d1_k.const_data_ptr<scalar_t>(), jac.mutable_data_ptr<scalar_t>(),
+        jac.stride(1), data_or_null<scalar_t>(next), stream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void hessian_logdet(const at::Tensor& hess, const at::Tensor& alpha, const at::Tensor& logdet,
+// c [K, B, H] as one row of K*H values per sample, to scale a [B, d, K*H] Jacobian.
+at::Tensor per_sample_columns(const at::Tensor& c) {
+  return c.permute({1, 0, 2}).reshape({c.size(1), 1, c.size(0) * c.size(2)});
+}
+
+// The Hessian products go to cuBLAS (batched GEMM), the factorisation to a per-sample kernel.
+void hessian_logdet(const at::Tensor& jac, const at::Tensor& c, const at::Tensor& alpha, const at::Tensor& logdet,
                     const at::Tensor& info, const at::Tensor& minv) {
+  at::Tensor hess = at::bmm(jac * per_sample_columns(c), jac.transpose(1, 2));
   AT_DISPATCH_FLOATING_TYPES(hess.scalar_type(), "brenier_hessian_logdet_cuda", [&] {
     launch_hessian_logdet<scalar_t>(hess.size(0), hess.size(1), hess.mutable_data_ptr<scalar_t>(),
                                     alpha.const_data_ptr<scalar_t>(), logdet.mutable_data_ptr<scalar_t>(),
@@ -53,12 +62,19 @@ void hessian_logdet(const at::Tensor& hess, const at::Tensor& alpha, const at::T
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void hessian_adjoint(const at::Tensor& jac, const at::Tensor& p, const at::Tensor& c_k, const at::Tensor& c_bar_k) {
-  TORCH_INTERNAL_ASSERT(p.stride(1) == jac.stride(1), "brenier_logdet: Jacobian blocks must share their row stride");
+void hessian_adjoint(const at::Tensor& jac, const at::Tensor& minv, const at::Tensor& grad_logdet,
+                     const at::Tensor& c, const at::Tensor& p, const at::Tensor& c_bar) {
+  const int64_t K = c.size(0), H = c.size(2);
+  at::Tensor p_out = p;
+  at::bmm_out(p_out, minv * grad_logdet.view({-1, 1, 1}), jac);
   AT_DISPATCH_FLOATING_TYPES(jac.scalar_type(), "brenier_hessian_adjoint_cuda", [&] {
-    launch_hessian_adjoint<scalar_t>(jac.size(0), jac.size(1), jac.size(2), jac.const_data_ptr<scalar_t>(),
-                                     p.mutable_data_ptr<scalar_t>(), jac.stride(1), c_k.const_data_ptr<scalar_t>(),
-                                     c_bar_k.mutable_data_ptr<scalar_t>(), stream());
+    for (int64_t k = 0; k < K; ++k) {
+      const at::Tensor jac_k = jac.narrow(2, k * H, H);
+      launch_hessian_adjoint<scalar_t>(jac.size(0), jac.size(1), H, jac_k.const_data_ptr<scalar_t>(),
+                                       p.narrow(2, k * H, H).mutable_data_ptr<scalar_t>(), jac.stride(1),
+                                       c[k].const_data_ptr<scalar_t>(), c_bar[k].mutable_data_ptr<scalar_t>(),
+                                       stream());
+    }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

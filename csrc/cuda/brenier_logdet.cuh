@@ -32,21 +32,18 @@ inline unsigned blocks_for(int64_t n) {
 // One thread per element (b, j, h).
 template <typename T>
 __global__ void jacobian_step_kernel(int64_t batch, int64_t dim, int64_t hidden, const T* gemm_out,
-                                     const T* At_k, const T* c_k, const T* d1_k, T* jac, T* jac_c,
-                                     int64_t ld, T* next) {
+                                     const T* At_k, const T* d1_k, T* jac, int64_t ld, T* next) {
   IVAE_GRID_STRIDE(e, batch * dim * hidden) {
     const int64_t r = e / hidden, h = e - r * hidden;
     const int64_t b = r / dim, j = r - b * dim;
     const math::JacobianStep<T> s =
-        math::jacobian_step(gemm_out ? gemm_out[e] : T(0), At_k[j * hidden + h], c_k[b * hidden + h],
-                            d1_k[b * hidden + h]);
+        math::jacobian_step(gemm_out ? gemm_out[e] : T(0), At_k[j * hidden + h], d1_k[b * hidden + h]);
     jac[r * ld + h] = s.jac;
-    jac_c[r * ld + h] = s.jac_c;
     if (next) next[e] = s.next;
   }
 }
 
-// One thread per sample: the d x d factorisation in its own slice of global memory (d is small;
+// One thread per sample (hess = Σ_k Jᵀ_k diag(c_k) J_k from cuBLAS): the d x d factorisation in its own slice of global memory (d is small;
 // a GPU-tuned blocked factorisation would share the matrix across a warp).
 template <typename T>
 __global__ void hessian_logdet_kernel(int64_t batch, int64_t dim, T* hess, const T* alpha, T* logdet,
@@ -108,10 +105,9 @@ __global__ void jacobian_adjoint_kernel(int64_t batch, int64_t dim, int64_t hidd
 
 template <typename T>
 void launch_jacobian_step(int64_t batch, int64_t dim, int64_t hidden, const T* gemm_out, const T* At_k,
-                          const T* c_k, const T* d1_k, T* jac, T* jac_c, int64_t ld, T* next,
-                          cudaStream_t stream) {
+                          const T* d1_k, T* jac, int64_t ld, T* next, cudaStream_t stream) {
   IVAE_LAUNCH_KERNEL(jacobian_step_kernel<T>, blocks_for(batch * dim * hidden), kThreads, 0, stream, batch,
-                     dim, hidden, gemm_out, At_k, c_k, d1_k, jac, jac_c, ld, next);
+                     dim, hidden, gemm_out, At_k, d1_k, jac, ld, next);
 }
 
 template <typename T>

@@ -14,17 +14,17 @@
 
 namespace ivae::math {
 
-// One element of layer k's Jacobian step: Jᵀ = gemm_out + A_k[h, j]; what the Hessian product
-// takes, Jᵀ c; and the next layer's GEMM input, Jᵀ σ'(a_k).
+// One element of layer k's Jacobian step: Jᵀ = gemm_out + A_k[h, j], and the next layer's GEMM
+// input, Jᵀ σ'(a_k).
 template <typename T>
 struct JacobianStep {
-  T jac, jac_c, next;
+  T jac, next;
 };
 
 template <typename T>
-IVAE_HD JacobianStep<T> jacobian_step(T gemm_out, T A_hj, T c, T d1) {
+IVAE_HD JacobianStep<T> jacobian_step(T gemm_out, T A_hj, T d1) {
   const T jac = gemm_out + A_hj;
-  return {jac, jac * c, jac * d1};
+  return {jac, jac * d1};
 }
 
 // Hessian adjoint for one element: the term of c̄ = Σ_j Jᵀ P, and J̄ᵀ = 2 c P.

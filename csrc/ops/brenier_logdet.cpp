@@ -2,7 +2,6 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/addmm.h>
-#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
@@ -30,13 +29,11 @@ void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const Icn
                   const ForwardOutputs& out) {
   const int64_t B = a.batch, d = a.dim, K = a.layers, H = a.hidden;
   icnn::forward_into(ew, a, out.psi, out.grad, out.saved);  // pre-activations a_k and ψ's sweep s_k
-  Scratch scratch(a.x.options(), {{K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {B, d, K * H}, {B, d, H},
-                                  {B, d, H}, {B, d, d}, {out.jac.defined() ? 0 : B, d, K * H}});
+  Scratch scratch(a.x.options(), {{K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {B, d, H}, {B, d, H},
+                                  {out.jac.defined() ? 0 : B, d, K * H}});
   at::Tensor z = scratch.take({K, B, H}), d1 = scratch.take({K, B, H}), d2 = scratch.take({K, B, H});
   at::Tensor c = scratch.take({K, B, H});
-  at::Tensor jac_c = scratch.take({B, d, K * H});
   at::Tensor next = scratch.take({B, d, H}), gemm = scratch.take({B, d, H});
-  at::Tensor hess = scratch.take({B, d, d});
   at::Tensor jac_spare = scratch.take({out.jac.defined() ? 0 : B, d, K * H});
   const at::Tensor jac = out.jac.defined() ? out.jac : jac_spare;
 
@@ -49,11 +46,10 @@ void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const Icn
       at::Tensor gemm_2d = gemm.view({B * d, H});
       at::mm_out(gemm_2d, next.view({B * d, H}), a.W[k - 1].t());
     }
-    kernels.jacobian_step(gemm_out, a.A[k].t().contiguous(), c[k], d1[k], layer_block(jac, k, H), layer_block(jac_c, k, H),
+    kernels.jacobian_step(gemm_out, a.A[k].t().contiguous(), d1[k], layer_block(jac, k, H),
                           k + 1 < K ? next : at::Tensor());
   }
-  at::bmm_out(hess, jac_c, jac.transpose(1, 2));  // Σ_k Jᵀ_k diag(c_k) J_k for every sample
-  kernels.hessian_logdet(hess, a.alpha, out.logdet, out.info, out.minv);
+  kernels.hessian_logdet(jac, c, a.alpha, out.logdet, out.info, out.minv);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
@@ -61,25 +57,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& saved, const at::Tensor& jac, const at::Tensor& minv, std::array<bool, 6> mask) {
   const int64_t B = a.batch, d = a.dim, K = a.layers, H = a.hidden;
   const auto opts = a.x.options();
-  Scratch scratch(opts, {{K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {B, d, d},
-                         {B, d, K * H}, {B, d, H}, {B, d, H}, {B, H}});
+  Scratch scratch(opts, {{K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {B, d, K * H},
+                         {B, d, H}, {B, d, H}, {B, H}});
   at::Tensor z = scratch.take({K, B, H}), d1 = scratch.take({K, B, H}), d2 = scratch.take({K, B, H});
   at::Tensor c = scratch.take({K, B, H}), c_bar = scratch.take({K, B, H}), a_bar = scratch.take({K, B, H});
-  at::Tensor h_bar = scratch.take({B, d, d});
-  at::Tensor p = scratch.take({B, d, K * H});  // Hess̄ Jᵀ, then J̄ᵀ in place
+  at::Tensor p = scratch.take({B, d, K * H});  // J̄ᵀ
   at::Tensor m_prev = scratch.take({B, d, H}), m_bar = scratch.take({B, d, H});
   at::Tensor g_bar = scratch.take({B, H});
   const at::Tensor s = saved[1];
   ew.softplus_all(saved[0], z, d1, d2);
   at::mul_out(c, s, d2);
-
   // Hess̄ = ω̄ M; α enters Hess as αI.
-  const at::Tensor omega = grad_logdet.contiguous().view({B, 1, 1});
-  at::mul_out(h_bar, minv, omega);
-  at::bmm_out(p, h_bar, jac);
-  for (int64_t k = 0; k < K; ++k) {
-    kernels.hessian_adjoint(layer_block(jac, k, H), layer_block(p, k, H), c[k], c_bar[k]);
-  }
+  kernels.hessian_adjoint(jac, minv, grad_logdet.contiguous(), c, p, c_bar);
 
   at::Tensor A_bar = at::zeros({K, H, d}, opts), W_bar = at::zeros({K - 1, H, H}, opts);
   a_bar.zero_();

@@ -16,18 +16,20 @@ namespace ivae::logdet {
 // A device's fused steps. Jacobian blocks are [B, d, H] with rows (b, j) spaced `K*H` apart
 // (layer k's column block of a [B, d, K*H] buffer); [B, H] tensors are contiguous.
 struct Kernels {
-  // jac = gemm_out + A_kᵀ (gemm_out undefined: 0), jac_c = jac ⊙ c_k, next = jac ⊙ σ'(a_k)
-  // (skipped if undefined). gemm_out and next contiguous [B, d, H]; At_k = A_kᵀ contiguous [d, H].
-  void (*jacobian_step)(const at::Tensor& gemm_out, const at::Tensor& At_k, const at::Tensor& c_k,
-                        const at::Tensor& d1_k, const at::Tensor& jac, const at::Tensor& jac_c,
-                        const at::Tensor& next);
-  // Per sample: hess += αI, Cholesky in place, logdet, info (math/cholesky.h statuses) and, if
-  // defined, minv = hess⁻¹. hess, minv contiguous [B, d, d].
-  void (*hessian_logdet)(const at::Tensor& hess, const at::Tensor& alpha, const at::Tensor& logdet,
-                         const at::Tensor& info, const at::Tensor& minv);
-  // c_bar_k = Σ_j jac ⊙ p (over each sample's d rows); then p ← 2 p ⊙ c_k in place.
-  void (*hessian_adjoint)(const at::Tensor& jac, const at::Tensor& p, const at::Tensor& c_k,
-                          const at::Tensor& c_bar_k);
+  // jac = gemm_out + A_kᵀ (gemm_out undefined: 0) and next = jac ⊙ σ'(a_k) (skipped if
+  // undefined). gemm_out and next contiguous [B, d, H]; At_k = A_kᵀ contiguous [d, H].
+  void (*jacobian_step)(const at::Tensor& gemm_out, const at::Tensor& At_k, const at::Tensor& d1_k,
+                        const at::Tensor& jac, const at::Tensor& next);
+  // Per sample: Hess = Σ_k Jᵀ_k diag(c_k) J_k + αI, its Cholesky factor, logdet, info
+  // (math/cholesky.h statuses) and, if minv is defined, minv = Hess⁻¹. jac contiguous
+  // [B, d, K*H]; c contiguous [K, B, H]; minv contiguous [B, d, d].
+  void (*hessian_logdet)(const at::Tensor& jac, const at::Tensor& c, const at::Tensor& alpha,
+                         const at::Tensor& logdet, const at::Tensor& info, const at::Tensor& minv);
+  // With Hess̄ = grad_logdet · minv per sample: p = Hess̄ Jᵀ then, per layer, c̄_k = Σ_j Jᵀ_k ⊙ p_k
+  // (over each sample's d rows) and p_k ← 2 p_k diag(c_k): p ends as J̄ᵀ [B, d, K*H]; c, c_bar
+  // contiguous [K, B, H].
+  void (*hessian_adjoint)(const at::Tensor& jac, const at::Tensor& minv, const at::Tensor& grad_logdet,
+                          const at::Tensor& c, const at::Tensor& p, const at::Tensor& c_bar);
   // jac_bar_prev += m_bar ⊙ σ'(a_{k-1}); a_bar_prev += σ''(a_{k-1}) ⊙ Σ_j m_bar ⊙ jac_prev.
   // m_bar contiguous [B, d, H].
   void (*jacobian_adjoint)(const at::Tensor& m_bar, const at::Tensor& jac_prev, const at::Tensor& d1_prev,
