@@ -1,7 +1,8 @@
 """Models. Common interface: ``loss(batch) -> dict`` ("loss" plus named terms), ``encode``,
-``decode``, ``sample``; a batch is a dict with "x" (and "u" for conditional models)."""
+``decode``, ``sample`` (flows: ``log_prob``, ``sample``, ``inverse``); a batch is a dict with "x" (and "u" for conditional models)."""
 
+from ivae_ext.models.flow import ConvexPotentialFlow
 from ivae_ext.models.ivae import IVAE
 from ivae_ext.models.vae import VAE
 
-__all__ = ["IVAE", "VAE"]
+__all__ = ["ConvexPotentialFlow", "IVAE", "VAE"]
