@@ -98,6 +98,12 @@ void check_cpu_floating(const at::Tensor& t) {
                    "brenier_logdet: the CPU kernels take float32 or float64, got ", t.scalar_type());
 }
 
+// Per sample, the Jacobians and their adjoints ([d, K*H] each) dominate the temporaries.
+int64_t logdet_row_bytes(const IcnnArgs& a) {
+  return 3 * a.dim * a.layers * a.hidden * static_cast<int64_t>(a.x.element_size());
+}
+constexpr int64_t kBlockCacheBytes = int64_t{1} << 19;
+
 using SevenTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const at::Tensor& b, const at::Tensor& W,
@@ -114,7 +120,7 @@ SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const 
   out.saved = at::empty({2, K, B, H}, opts);
   out.jac = at::empty({keep_for_backward ? B : 0, d, K * H}, opts);
   out.minv = at::empty({keep_for_backward ? B : 0, d, d}, opts);
-  const int64_t blocks = row_blocks(B);
+  const int64_t blocks = cache_sized_row_blocks(B, logdet_row_bytes(args), kBlockCacheBytes);
   for_each_block(blocks, [&](int64_t i) {
     const auto [begin, end] = block_rows(B, blocks, i);
     const int64_t n = end - begin;
@@ -139,7 +145,7 @@ SixGrads brenier_logdet_backward_cpu(const at::Tensor& grad_logdet, const at::Te
   check_logdet_backward_args(args, grad_logdet, saved, jac, minv);
   const at::Tensor saved_c = saved.contiguous(), jac_c = jac.contiguous(), minv_c = minv.contiguous();
   const at::Tensor omega = grad_logdet.contiguous();
-  const int64_t blocks = row_blocks(args.batch);
+  const int64_t blocks = cache_sized_row_blocks(args.batch, logdet_row_bytes(args), kBlockCacheBytes);
   return backward_by_blocks(args.batch, blocks, output_mask[0], [&](int64_t begin, int64_t end) {
     const int64_t n = end - begin;
     return logdet::backward(kCpuKernels, kCpuElementwise, omega.narrow(0, begin, n), rows_of(args, begin, end),

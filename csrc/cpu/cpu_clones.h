@@ -7,3 +7,11 @@
 #else
 #define IVAE_CPU_CLONES
 #endif
+
+// For the loop templates a clone calls: inlined into each clone so they are compiled for its
+// level (a non-inlined template would be compiled once, for the baseline).
+#if defined(__GNUC__)
+#define IVAE_CLONE_INLINE inline __attribute__((always_inline))
+#else
+#define IVAE_CLONE_INLINE inline
+#endif
