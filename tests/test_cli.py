@@ -62,6 +62,16 @@ def test_reproduce_writes_the_table(tmp_path, capsys):
     assert "iVAE MCC" in capsys.readouterr().out
 
 
+def test_reproduce_reports_how_the_objective_tracks_the_mcc_over_restarts(tmp_path, capsys):
+    out = str(tmp_path / "rep")
+    assert main(["reproduce", "ivae", "--out", out, "--seeds", "1", "--restarts", "2"] + TINY) == 0
+    table = json.load(open(os.path.join(out, "table.json")))
+    assert len(table["rows"][0]["ivae_restarts"]) == 2
+    rep = table["summary"]["restart_objective_vs_mcc"]
+    assert rep["mcc_best_restart_oracle"] >= rep["mcc_selected_by_objective"] - 1e-12
+    assert "rank correlation" in capsys.readouterr().out
+
+
 def test_help_explains_every_option():
     parser = build_parser()
     for name in ("train", "reproduce"):

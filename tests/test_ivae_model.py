@@ -137,3 +137,20 @@ def test_vae_full_covariance_runs_and_its_kl_is_not_below_the_diagonal_part():
     torch.nn.init.normal_(m.encoder_tril.net[-1].weight)
     terms = m.loss({"x": x[:16]})
     assert torch.isfinite(terms["loss"]) and terms["kl"] > 0
+
+
+@pytest.mark.parametrize("activation", ["lrelu", "elu", "silu", "tanh"])
+def test_activation_and_lookup_table_prior(activation):
+    torch.manual_seed(0)
+    x, u = _tiny()
+    m = IVAE(2, 2, 4, hidden_dim=8, activation=activation, prior_layers=1, posterior_cov="full")
+    assert len([l for l in m.prior_net.net if isinstance(l, torch.nn.Linear)]) == 1  # a table for one-hot u
+    assert m.config()["prior_layers"] == 1
+    assert torch.isfinite(m.loss({"x": x[:16], "u": u[:16]})["loss"])
+    v = VAE(2, 2, hidden_dim=8, activation=activation)
+    assert torch.isfinite(v.loss({"x": x[:16]})["loss"])
+
+
+def test_unknown_activation_is_an_error():
+    with pytest.raises(ValueError, match="activation"):
+        IVAE(2, 2, 4, activation="relu6")

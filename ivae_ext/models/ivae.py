@@ -50,8 +50,10 @@ class IVAE(nn.Module):
         weights: tuple[float, float, float, float] = (100.0, 1.0, 0.0, 10.0),
         beta: float = 1.0,
         slope: float = 0.1,
+        activation: str = "lrelu",
         encoder_uses_u: bool = True,
         posterior_cov: str = "diag",
+        prior_layers: int | None = None,
     ):
         super().__init__()
         if prior not in FAMILIES:
@@ -76,20 +78,23 @@ class IVAE(nn.Module):
         self.dataset_size = 1  # set by fit(): the N of the minibatch-weighted estimator
         self.encoder_uses_u = encoder_uses_u
         enc_in = data_dim + (aux_dim if encoder_uses_u else 0)
-        self.encoder_loc = MLP(enc_in, latent_dim, hidden_dim, n_layers, slope)
-        self.encoder_log_var = MLP(enc_in, latent_dim, hidden_dim, n_layers, slope)
+        self.encoder_loc = MLP(enc_in, latent_dim, hidden_dim, n_layers, slope, activation)
+        self.encoder_log_var = MLP(enc_in, latent_dim, hidden_dim, n_layers, slope, activation)
         self.posterior_cov = posterior_cov
         if posterior_cov == "full":
-            add_cholesky_head(self, enc_in, latent_dim, hidden_dim, n_layers, slope)
-        self.prior_net = MLP(aux_dim, 2 * latent_dim if prior_mean else latent_dim, hidden_dim, n_layers, slope)
-        self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope)
+            add_cholesky_head(self, enc_in, latent_dim, hidden_dim, n_layers, slope, activation)
+        # prior_layers=1 with a one-hot u: λ(u) is a per-segment lookup table (plus a shared bias)
+        self.prior_layers = n_layers if prior_layers is None else prior_layers
+        self.prior_net = MLP(aux_dim, 2 * latent_dim if prior_mean else latent_dim, hidden_dim, self.prior_layers, slope)
+        self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope, activation)
         add_decoder_log_var(self, data_dim, decoder_var, learn_decoder_var)
 
     def config(self) -> dict:
         return {
             "data_dim": self.data_dim, "latent_dim": self.latent_dim, "aux_dim": self.aux_dim,
             "prior": self.prior_family, "posterior": self.posterior_family,
-            "prior_mean": self.prior_mean, "encoder_uses_u": self.encoder_uses_u, "posterior_cov": self.posterior_cov, "objective": self.objective, "weights": list(self.weights),
+            "prior_mean": self.prior_mean, "encoder_uses_u": self.encoder_uses_u, "posterior_cov": self.posterior_cov,
+            "prior_layers": self.prior_layers, "objective": self.objective, "weights": list(self.weights),
         }
 
     def _posterior(self, x: torch.Tensor, u: torch.Tensor):

@@ -11,19 +11,38 @@ FAMILIES = ("gaussian", "laplace")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-class MLP(nn.Module):
-    """Fully connected net: `n_layers` linear maps with leaky-ReLU between them (none after the last)."""
+ACTIVATIONS = ("lrelu", "elu", "silu", "tanh")
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 50, n_layers: int = 3, slope: float = 0.1):
+
+def make_activation(name: str, slope: float = 0.1) -> nn.Module:
+    """Hidden nonlinearity: leaky ReLU with `slope`, ELU, SiLU or tanh."""
+    if name == "lrelu":
+        return nn.LeakyReLU(slope)
+    if name == "elu":
+        return nn.ELU()
+    if name == "silu":
+        return nn.SiLU()
+    if name == "tanh":
+        return nn.Tanh()
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+class MLP(nn.Module):
+    """Fully connected net: `n_layers` linear maps with a nonlinearity (default leaky ReLU) between
+    them (none after the last)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 50, n_layers: int = 3, slope: float = 0.1,
+                 activation: str = "lrelu"):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        make_activation(activation, slope)  # validate
         dims = [in_dim] + [hidden_dim] * (n_layers - 1) + [out_dim]
         layers: list[nn.Module] = []
         for i in range(n_layers):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < n_layers - 1:
-                layers.append(nn.LeakyReLU(slope))
+                layers.append(make_activation(activation, slope))
         self.net = nn.Sequential(*layers)
         for m in self.net:
             if isinstance(m, nn.Linear):
@@ -34,9 +53,10 @@ class MLP(nn.Module):
         return self.net(h)
 
 
-def add_cholesky_head(module: nn.Module, in_dim: int, latent_dim: int, hidden_dim: int, n_layers: int, slope: float) -> None:
+def add_cholesky_head(module: nn.Module, in_dim: int, latent_dim: int, hidden_dim: int, n_layers: int, slope: float,
+                      activation: str = "lrelu") -> None:
     """`module.encoder_tril`: the strictly lower Cholesky entries of q's covariance, zero at init."""
-    module.encoder_tril = MLP(in_dim, latent_dim * (latent_dim - 1) // 2, hidden_dim, n_layers, slope)
+    module.encoder_tril = MLP(in_dim, latent_dim * (latent_dim - 1) // 2, hidden_dim, n_layers, slope, activation)
     nn.init.zeros_(module.encoder_tril.net[-1].weight)
     module.register_buffer("_tril_index", torch.tril_indices(latent_dim, latent_dim, -1))
 

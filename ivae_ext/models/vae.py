@@ -31,6 +31,7 @@ class VAE(nn.Module):
         learn_decoder_var: bool = False,
         beta: float = 1.0,
         slope: float = 0.1,
+        activation: str = "lrelu",
         posterior_cov: str = "diag",
     ):
         super().__init__()
@@ -39,11 +40,11 @@ class VAE(nn.Module):
         self.posterior_cov = posterior_cov
         self.data_dim, self.latent_dim, self.beta = data_dim, latent_dim, beta
         self.dataset_size = 1
-        self.encoder_loc = MLP(data_dim, latent_dim, hidden_dim, n_layers, slope)
-        self.encoder_log_var = MLP(data_dim, latent_dim, hidden_dim, n_layers, slope)
+        self.encoder_loc = MLP(data_dim, latent_dim, hidden_dim, n_layers, slope, activation)
+        self.encoder_log_var = MLP(data_dim, latent_dim, hidden_dim, n_layers, slope, activation)
         if posterior_cov == "full":
-            add_cholesky_head(self, data_dim, latent_dim, hidden_dim, n_layers, slope)
-        self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope)
+            add_cholesky_head(self, data_dim, latent_dim, hidden_dim, n_layers, slope, activation)
+        self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope, activation)
         add_decoder_log_var(self, data_dim, decoder_var, learn_decoder_var)
         self.register_buffer("_zero", torch.zeros(()))
 
