@@ -98,11 +98,15 @@ void check_cpu_floating(const at::Tensor& t) {
                    "brenier_logdet: the CPU kernels take float32 or float64, got ", t.scalar_type());
 }
 
-// Per sample, the Jacobians and their adjoints ([d, K*H] each) dominate the temporaries.
+// Per sample, the Jacobians (and in the backward their adjoints), [d, K*H] each, dominate the
+// temporaries.
 int64_t logdet_row_bytes(const IcnnArgs& a) {
   return 3 * a.dim * a.layers * a.hidden * static_cast<int64_t>(a.x.element_size());
 }
-constexpr int64_t kBlockCacheBytes = int64_t{1} << 19;
+constexpr int64_t kBlockCacheBytes = int64_t{1} << 20;
+// The Jacobian part makes about three ATen calls per layer and block (the map's pass ~15): it can
+// afford smaller blocks.
+constexpr int64_t kMinJacobianBlockRows = 32;
 
 using SevenTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -120,7 +124,17 @@ SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const 
   out.saved = at::empty({2, K, B, H}, opts);
   out.jac = at::empty({keep_for_backward ? B : 0, d, K * H}, opts);
   out.minv = at::empty({keep_for_backward ? B : 0, d, d}, opts);
-  const int64_t blocks = cache_sized_row_blocks(B, logdet_row_bytes(args), kBlockCacheBytes);
+  // The map's forward pass in one block per thread, then the Jacobian / Hessian part in blocks
+  // small enough for their Jacobians to stay in cache.
+  const int64_t map_blocks = row_blocks(B);
+  for_each_block(map_blocks, [&](int64_t i) {
+    const auto [begin, end] = block_rows(B, map_blocks, i);
+    const int64_t n = end - begin;
+    icnn::forward_into(kCpuElementwise, rows_of(args, begin, end), out.psi.narrow(0, begin, n),
+                       out.grad.narrow(0, begin, n), out.saved.narrow(2, begin, n));
+  });
+  const at::Tensor At = args.A.transpose(1, 2).contiguous();
+  const int64_t blocks = cache_sized_row_blocks(B, logdet_row_bytes(args), kBlockCacheBytes, kMinJacobianBlockRows);
   for_each_block(blocks, [&](int64_t i) {
     const auto [begin, end] = block_rows(B, blocks, i);
     const int64_t n = end - begin;
@@ -131,7 +145,7 @@ SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const 
       rows.jac = out.jac.narrow(0, begin, n);
       rows.minv = out.minv.narrow(0, begin, n);
     }
-    logdet::forward_into(kCpuKernels, kCpuElementwise, rows_of(args, begin, end), rows);
+    logdet::logdet_into(kCpuKernels, kCpuElementwise, rows_of(args, begin, end), At, rows);
   });
   return {out.psi, out.grad, out.logdet, out.info, out.saved, out.jac, out.minv};
 }
@@ -145,7 +159,7 @@ SixGrads brenier_logdet_backward_cpu(const at::Tensor& grad_logdet, const at::Te
   check_logdet_backward_args(args, grad_logdet, saved, jac, minv);
   const at::Tensor saved_c = saved.contiguous(), jac_c = jac.contiguous(), minv_c = minv.contiguous();
   const at::Tensor omega = grad_logdet.contiguous();
-  const int64_t blocks = cache_sized_row_blocks(args.batch, logdet_row_bytes(args), kBlockCacheBytes);
+  const int64_t blocks = cache_sized_row_blocks(args.batch, logdet_row_bytes(args), kBlockCacheBytes, kMinBlockRows);
   return backward_by_blocks(args.batch, blocks, output_mask[0], [&](int64_t begin, int64_t end) {
     const int64_t n = end - begin;
     return logdet::backward(kCpuKernels, kCpuElementwise, omega.narrow(0, begin, n), rows_of(args, begin, end),

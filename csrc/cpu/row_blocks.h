@@ -20,7 +20,6 @@
 namespace ivae::cpu {
 
 constexpr int64_t kMinBlockRows = 64;
-constexpr int64_t kMinCacheBlockRows = 64;
 
 inline int64_t row_blocks(int64_t batch) {
   if (at::in_parallel_region()) return 1;
@@ -28,13 +27,13 @@ inline int64_t row_blocks(int64_t batch) {
 }
 
 // Blocks small enough that one block's temporaries (`bytes_per_row` each row) stay in a core's
-// cache (`cache_bytes`), at least one per thread; at most one per kMinCacheBlockRows rows (below
-// that, the per-block cost of ~40 small ATen calls outweighs the cache misses saved).
-inline int64_t cache_sized_row_blocks(int64_t batch, int64_t bytes_per_row, int64_t cache_bytes) {
+// cache (`cache_bytes`), at least one per thread; at most one per `min_rows` rows (below that,
+// the per-block cost of the small ATen calls outweighs the cache misses saved).
+inline int64_t cache_sized_row_blocks(int64_t batch, int64_t bytes_per_row, int64_t cache_bytes, int64_t min_rows) {
   const int64_t per_thread = row_blocks(batch);
   if (at::in_parallel_region()) return 1;
   const int64_t by_cache = (batch * bytes_per_row + cache_bytes - 1) / std::max<int64_t>(cache_bytes, 1);
-  const int64_t most = std::max<int64_t>(1, batch / kMinCacheBlockRows);
+  const int64_t most = std::max<int64_t>(1, batch / min_rows);
   const int64_t blocks = std::min(most, std::max(per_thread, by_cache));
   return (blocks + per_thread - 1) / per_thread * per_thread;  // whole rounds over the threads
 }

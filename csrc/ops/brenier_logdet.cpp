@@ -27,8 +27,13 @@ at::Tensor layer_rows(const at::Tensor& all, int64_t k, int64_t hidden) {
 
 void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a,
                   const ForwardOutputs& out) {
-  const int64_t B = a.batch, d = a.dim, K = a.layers, H = a.hidden;
   icnn::forward_into(ew, a, out.psi, out.grad, out.saved);  // pre-activations a_k and ψ's sweep s_k
+  logdet_into(kernels, ew, a, a.A.transpose(1, 2).contiguous(), out);
+}
+
+void logdet_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a, const at::Tensor& At,
+                 const ForwardOutputs& out) {
+  const int64_t B = a.batch, d = a.dim, K = a.layers, H = a.hidden;
   Scratch scratch(a.x.options(), {{K, B, H}, {K, B, H}, {K, B, H}, {K, B, H}, {B, d, H}, {B, d, H},
                                   {out.jac.defined() ? 0 : B, d, K * H}});
   at::Tensor z = scratch.take({K, B, H}), d1 = scratch.take({K, B, H}), d2 = scratch.take({K, B, H});
@@ -46,7 +51,7 @@ void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const Icn
       at::Tensor gemm_2d = gemm.view({B * d, H});
       at::mm_out(gemm_2d, next.view({B * d, H}), a.W[k - 1].t());
     }
-    kernels.jacobian_step(gemm_out, a.A[k].t().contiguous(), d1[k], layer_block(jac, k, H),
+    kernels.jacobian_step(gemm_out, At[k], d1[k], layer_block(jac, k, H),
                           k + 1 < K ? next : at::Tensor());
   }
   kernels.hessian_logdet(jac, c, a.alpha, out.logdet, out.info, out.minv);

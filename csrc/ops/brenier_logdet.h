@@ -46,6 +46,13 @@ struct ForwardOutputs {
 void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a,
                   const ForwardOutputs& out);
 
+// The part after the map's forward pass: from out.saved (already filled: a_k and s_k), the
+// Jacobians, Hessians and logdet, info (and jac, minv if defined). At = Aᵀ per layer, [K, d, H]
+// contiguous. forward_into is icnn::forward_into followed by this; the CPU runs the two over
+// different row blocks (this part in smaller, cache-sized ones).
+void logdet_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a, const at::Tensor& At,
+                 const ForwardOutputs& out);
+
 // Gradients of Σ_b grad_logdet_b · logdet_b for (x, A, b, W, w, alpha) where output_mask says so
 // (else empty tensors).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
