@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import expfam_kl_cases as kl  # noqa: E402
+import brenier_logdet_cases as logdet  # noqa: E402
 import icnn_map_cases as icnn  # noqa: E402
 from timing import measure_copy_bandwidth, median_times  # noqa: E402
 
@@ -50,6 +51,36 @@ def icnn_map_rows(rounds: int, gemm_flops_per_s: float):
             "reference / fused": times["reference (double backprop)"] / times["fused"],
             "fused GFLOP/s": achieved / 1e9,
             "fused / GEMM rate": achieved / gemm_flops_per_s,
+        }
+
+
+def brenier_logdet_rows(rounds: int, gemm_flops_per_s: float):
+    for size in logdet.SIZES:
+        inputs = logdet.make_inputs(*size)
+        forward = logdet.forward_implementations()
+        if size[1] <= 2:  # tiny d: the brute force is just d backward passes, not a separate case
+            forward.pop("brute force (d backward passes)")
+        times = median_times({name: logdet.forward_only(fn, inputs) for name, fn in forward.items()}, rounds, warmup=1)
+        achieved = logdet.forward_flops(*size) / times["fused"]
+        yield {
+            "op": "brenier_logdet",
+            "case": "B={} d={} H={} K={}".format(*size),
+            "mode": "forward",
+            "vmap(hessian) / fused": times["vmap(hessian)+slogdet"] / times["fused"],
+            "brute force / fused": times.get("brute force (d backward passes)", float("nan")) / times["fused"],
+            "fused GFLOP/s": achieved / 1e9,
+            "fused / GEMM rate": achieved / gemm_flops_per_s,
+        }
+        backward = logdet.backward_implementations()
+        times = median_times({name: logdet.forward_backward(fn, inputs) for name, fn in backward.items()}, rounds, warmup=1)
+        yield {
+            "op": "brenier_logdet",
+            "case": "B={} d={} H={} K={}".format(*size),
+            "mode": "forward+backward",
+            "vmap(hessian) / fused": times["autograd through vmap(hessian)+slogdet"] / times["fused"],
+            "brute force / fused": float("nan"),
+            "fused GFLOP/s": float("nan"),
+            "fused / GEMM rate": float("nan"),
         }
 
 
@@ -89,7 +120,16 @@ def main(argv=None) -> int:
         lambda r: f"{100 * r['fused / GEMM rate']:>12.0f}%",
     ]
     rows += list(print_table(icnn_columns, icnn_map_rows(max(5, args.rounds // 3), rate), icnn_formats))
-    print(f"icnn_map: reference = autograd double backprop; GEMM rate measured here: {rate / 1e9:.1f} GFLOP/s (fp32 1024^3)")
+    print(f"icnn_map: reference = autograd double backprop; GEMM rate measured here: {rate / 1e9:.1f} GFLOP/s (fp32 1024^3)\n")
+    logdet_columns = [("op", 14), ("case", 24), ("mode", 17), ("vmap/fused", 11), ("brute/fused", 12), ("GFLOP/s", 9), ("of GEMM rate", 13)]
+    logdet_formats = [
+        lambda r: f"{r['op']:>14}", lambda r: f"{r['case']:>24}", lambda r: f"{r['mode']:>17}",
+        lambda r: f"{r['vmap(hessian) / fused']:>10.2f}x", lambda r: f"{r['brute force / fused']:>11.2f}x",
+        lambda r: f"{r['fused GFLOP/s']:>9.1f}", lambda r: f"{100 * r['fused / GEMM rate']:>12.0f}%",
+    ]
+    rows += list(print_table(logdet_columns, brenier_logdet_rows(max(5, args.rounds // 3), rate), logdet_formats))
+    print("brenier_logdet: forward+backward compares autograd through vmap(hessian)+slogdet; GFLOP/s counts "
+          "2B[(K-1)H²d + KHd²] + Bd³/3 (nan: not measured for that row)")
     print("all ratios are medians of interleaved calls in this one process")
     if args.out:
         directory = os.path.dirname(os.path.abspath(args.out))
