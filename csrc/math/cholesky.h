@@ -17,8 +17,10 @@ enum CholeskyStatus : int32_t {
   // k > 0: the leading minor of order k is not positive definite
 };
 
-// In place: the lower triangle of `a` becomes L with a = L Lᵀ (the strict upper triangle is not
-// read or written). Returns kCholeskyOk, kCholeskyNonFinite, or k > 0 as above.
+// In place: the strict lower triangle of `a` becomes that of L, with a = L Lᵀ, and the diagonal
+// holds 1 / L_jj (what the solves below multiply by; divisions would dominate their cost). The
+// strict upper triangle is not read or written. Returns kCholeskyOk, kCholeskyNonFinite, or k > 0
+// as above.
 template <typename T>
 IVAE_HD int32_t cholesky_lower(T* a, int64_t n) {
   for (int64_t j = 0; j < n; ++j) {
@@ -27,9 +29,8 @@ IVAE_HD int32_t cholesky_lower(T* a, int64_t n) {
     for (int64_t k = 0; k < j; ++k) pivot -= row_j[k] * row_j[k];
     if (!(pivot - pivot == T(0))) return kCholeskyNonFinite;  // NaN or ±Inf
     if (!(pivot > T(0))) return static_cast<int32_t>(j + 1);
-    const T diag = std::sqrt(pivot);
-    row_j[j] = diag;
-    const T inv_diag = T(1) / diag;
+    const T inv_diag = T(1) / std::sqrt(pivot);
+    row_j[j] = inv_diag;
     for (int64_t i = j + 1; i < n; ++i) {
       T* row_i = a + i * n;
       T s = row_i[j];
@@ -40,29 +41,40 @@ IVAE_HD int32_t cholesky_lower(T* a, int64_t n) {
   return kCholeskyOk;
 }
 
-// log det(L Lᵀ) = 2 Σ log L_jj.
+// log det(L Lᵀ) = 2 Σ log L_jj = −2 Σ log(1 / L_jj), from cholesky_lower's factor.
 template <typename T>
 IVAE_HD T cholesky_logdet(const T* L, int64_t n) {
   T sum = 0;
   for (int64_t j = 0; j < n; ++j) sum += std::log(L[j * n + j]);
-  return T(2) * sum;
+  return T(-2) * sum;
 }
 
-// inv = (L Lᵀ)⁻¹, row-major n x n (symmetric: column i is computed into row i). Each column is a
-// forward then a backward substitution done in place in its row of `inv`.
+// inv = (L Lᵀ)⁻¹ = Tᵀ T with T = L⁻¹, from cholesky_lower's factor (row-major n x n; `L` is
+// overwritten by T). Both steps are row updates (axpy over contiguous rows), which vectorise;
+// column-by-column substitutions would be chains of dependent reductions.
 template <typename T>
-IVAE_HD void cholesky_inverse(const T* L, T* inv, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    T* y = inv + i * n;
-    for (int64_t j = 0; j < n; ++j) {  // L y = e_i (y_j = 0 for j < i)
-      T s = j == i ? T(1) : T(0);
-      for (int64_t k = i; k < j; ++k) s -= L[j * n + k] * y[k];
-      y[j] = j < i ? T(0) : s / L[j * n + j];
+IVAE_HD void cholesky_inverse(T* L, T* inv, int64_t n) {
+  // T row by row into inv: T_j = (e_j − Σ_{k<j} L_jk T_k) / L_jj.
+  for (int64_t j = 0; j < n; ++j) {
+    T* row = inv + j * n;
+    for (int64_t c = 0; c < n; ++c) row[c] = c == j ? T(1) : T(0);
+    for (int64_t k = 0; k < j; ++k) {
+      const T l = L[j * n + k];
+      const T* t_k = inv + k * n;
+      for (int64_t c = 0; c <= k; ++c) row[c] -= l * t_k[c];
     }
-    for (int64_t j = n - 1; j >= 0; --j) {  // Lᵀ x = y, x overwriting y
-      T s = y[j];
-      for (int64_t k = j + 1; k < n; ++k) s -= L[k * n + j] * y[k];
-      y[j] = s / L[j * n + j];
+    const T inv_diag = L[j * n + j];
+    for (int64_t c = 0; c <= j; ++c) row[c] *= inv_diag;
+  }
+  for (int64_t e = 0; e < n * n; ++e) L[e] = inv[e];  // T, lower triangular
+  // inv = Tᵀ T = Σ_k T_kᵀ T_k (row k of T is zero beyond column k).
+  for (int64_t e = 0; e < n * n; ++e) inv[e] = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    const T* t_k = L + k * n;
+    for (int64_t i = 0; i <= k; ++i) {
+      const T weight = t_k[i];
+      T* out = inv + i * n;
+      for (int64_t c = 0; c <= k; ++c) out[c] += weight * t_k[c];
     }
   }
 }
