@@ -41,45 +41,70 @@ IVAE_CLONE_INLINE void jacobian_step(int64_t batch, int64_t dim, int64_t hidden,
   }
 }
 
-// Hess[i][j] for j <= i: Σ over a sample's K*H columns of (Jᵀ_i c) Jᵀ_j, with Jᵀ_i c staged in
-// `scaled` (one row, in cache) so each entry is one vectorised dot product.
+// (Jᵀ_i ⊙ c) into `scaled`: row i of the sample's Jacobian times the layer's c, for each layer.
 template <typename T>
-IVAE_CLONE_INLINE void hessian_lower(int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* c, int64_t layer_stride,
-                   T* scaled, T* hess) {
-  const int64_t width = layers * hidden;
-  for (int64_t i = 0; i < dim; ++i) {
-    const T* __restrict__ row_i = jac + i * width;
-    T* __restrict__ sc = scaled;
-    for (int64_t k = 0; k < layers; ++k) {
-      const T* __restrict__ ck = c + k * layer_stride;
+IVAE_CLONE_INLINE void scale_row(int64_t layers, int64_t hidden, const T* row, const T* c, int64_t layer_stride,
+                                 T* scaled) {
+  for (int64_t k = 0; k < layers; ++k) {
+    const T* __restrict__ ck = c + k * layer_stride;
+    const T* __restrict__ rk = row + k * hidden;
+    T* __restrict__ sk = scaled + k * hidden;
 #pragma omp simd
-      for (int64_t h = 0; h < hidden; ++h) sc[k * hidden + h] = row_i[k * hidden + h] * ck[h];
-    }
+    for (int64_t h = 0; h < hidden; ++h) sk[h] = rk[h] * ck[h];
+  }
+}
+
+template <typename T>
+IVAE_CLONE_INLINE T dot(int64_t n, const T* __restrict__ a, const T* __restrict__ b) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t e = 0; e < n; ++e) sum += a[e] * b[e];
+  return sum;
+}
+
+// Hess[i][j] for j <= i: Σ over a sample's K*H columns of (Jᵀ_i c) Jᵀ_j. Rows i, i+1 are staged
+// scaled (in cache) and dotted with four rows j at a time: eight independent accumulators, and
+// each loaded element feeds two or four multiply-adds.
+template <typename T>
+IVAE_CLONE_INLINE void hessian_lower(int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* c,
+                                     int64_t layer_stride, T* scaled, T* hess) {
+  const int64_t width = layers * hidden;
+  T* s0 = scaled;
+  T* s1 = scaled + width;
+  for (int64_t i = 0; i < dim; i += 2) {
+    const bool pair = i + 1 < dim;
+    scale_row(layers, hidden, jac + i * width, c, layer_stride, s0);
+    if (pair) scale_row(layers, hidden, jac + (i + 1) * width, c, layer_stride, s1);
     int64_t j = 0;
-    for (; j + 4 <= i + 1; j += 4) {  // four rows at once: independent accumulators, sc read once
-      const T* __restrict__ r0 = jac + j * width;
-      const T* __restrict__ r1 = r0 + width;
-      const T* __restrict__ r2 = r1 + width;
-      const T* __restrict__ r3 = r2 + width;
-      T d0 = 0, d1 = 0, d2 = 0, d3 = 0;
-#pragma omp simd reduction(+ : d0, d1, d2, d3)
-      for (int64_t e = 0; e < width; ++e) {
-        d0 += sc[e] * r0[e];
-        d1 += sc[e] * r1[e];
-        d2 += sc[e] * r2[e];
-        d3 += sc[e] * r3[e];
+    if (pair) {
+      for (; j + 4 <= i + 1; j += 4) {
+        const T* __restrict__ r0 = jac + j * width;
+        const T* __restrict__ r1 = r0 + width;
+        const T* __restrict__ r2 = r1 + width;
+        const T* __restrict__ r3 = r2 + width;
+        const T* __restrict__ a = s0;
+        const T* __restrict__ b = s1;
+        T a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+        for (int64_t e = 0; e < width; ++e) {
+          a0 += a[e] * r0[e];
+          a1 += a[e] * r1[e];
+          a2 += a[e] * r2[e];
+          a3 += a[e] * r3[e];
+          b0 += b[e] * r0[e];
+          b1 += b[e] * r1[e];
+          b2 += b[e] * r2[e];
+          b3 += b[e] * r3[e];
+        }
+        T* hi = hess + i * dim + j;
+        T* hn = hess + (i + 1) * dim + j;
+        hi[0] = a0, hi[1] = a1, hi[2] = a2, hi[3] = a3;
+        hn[0] = b0, hn[1] = b1, hn[2] = b2, hn[3] = b3;
       }
-      hess[i * dim + j] = d0;
-      hess[i * dim + j + 1] = d1;
-      hess[i * dim + j + 2] = d2;
-      hess[i * dim + j + 3] = d3;
     }
-    for (; j <= i; ++j) {
-      const T* __restrict__ row_j = jac + j * width;
-      T dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int64_t e = 0; e < width; ++e) dot += sc[e] * row_j[e];
-      hess[i * dim + j] = dot;
+    for (int64_t jj = j; jj <= i; ++jj) hess[i * dim + jj] = dot(width, s0, jac + jj * width);
+    if (pair) {
+      for (int64_t jj = j; jj <= i + 1; ++jj) hess[(i + 1) * dim + jj] = dot(width, s1, jac + jj * width);
     }
   }
 }
@@ -88,7 +113,7 @@ template <typename T>
 IVAE_CLONE_INLINE void hessian_logdet(int64_t batch, int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* c,
                     int64_t layer_stride, T alpha, T* logdet, int32_t* info, T* minv) {
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  std::vector<T> scaled(layers * hidden), hess(dim * dim);
+  std::vector<T> scaled(2 * layers * hidden), hess(dim * dim);
   for (int64_t b = 0; b < batch; ++b) {
     hessian_lower(dim, layers, hidden, jac + b * dim * layers * hidden, c + b * hidden, layer_stride,
                   scaled.data(), hess.data());
