@@ -54,17 +54,11 @@ IVAE_CLONE_INLINE void scale_row(int64_t layers, int64_t hidden, const T* row, c
   }
 }
 
-template <typename T>
-IVAE_CLONE_INLINE T dot(int64_t n, const T* __restrict__ a, const T* __restrict__ b) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t e = 0; e < n; ++e) sum += a[e] * b[e];
-  return sum;
-}
-
 // Hess[i][j] for j <= i: Σ over a sample's K*H columns of (Jᵀ_i c) Jᵀ_j. Rows i, i+1 are staged
 // scaled (in cache) and dotted with four rows j at a time: eight independent accumulators, and
-// each loaded element feeds two or four multiply-adds.
+// each loaded element feeds two or four multiply-adds. The last block of j may reach past the
+// triangle (or past the matrix: those rows read row 0 and are dropped): a few wasted
+// multiply-adds cost less than dot products one at a time, which are latency-bound.
 template <typename T>
 IVAE_CLONE_INLINE void hessian_lower(int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* c,
                                      int64_t layer_stride, T* scaled, T* hess) {
@@ -75,36 +69,32 @@ IVAE_CLONE_INLINE void hessian_lower(int64_t dim, int64_t layers, int64_t hidden
     const bool pair = i + 1 < dim;
     scale_row(layers, hidden, jac + i * width, c, layer_stride, s0);
     if (pair) scale_row(layers, hidden, jac + (i + 1) * width, c, layer_stride, s1);
-    int64_t j = 0;
-    if (pair) {
-      for (; j + 4 <= i + 1; j += 4) {
-        const T* __restrict__ r0 = jac + j * width;
-        const T* __restrict__ r1 = r0 + width;
-        const T* __restrict__ r2 = r1 + width;
-        const T* __restrict__ r3 = r2 + width;
-        const T* __restrict__ a = s0;
-        const T* __restrict__ b = s1;
-        T a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+    const int64_t last = pair ? i + 1 : i;  // the largest j needed
+    for (int64_t j = 0; j <= last; j += 4) {
+      const auto row_or_first = [&](int64_t r) { return jac + (r < dim ? r : 0) * width; };
+      const T* __restrict__ r0 = row_or_first(j);
+      const T* __restrict__ r1 = row_or_first(j + 1);
+      const T* __restrict__ r2 = row_or_first(j + 2);
+      const T* __restrict__ r3 = row_or_first(j + 3);
+      const T* __restrict__ a = s0;
+      const T* __restrict__ b = pair ? s1 : s0;
+      T a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
 #pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
-        for (int64_t e = 0; e < width; ++e) {
-          a0 += a[e] * r0[e];
-          a1 += a[e] * r1[e];
-          a2 += a[e] * r2[e];
-          a3 += a[e] * r3[e];
-          b0 += b[e] * r0[e];
-          b1 += b[e] * r1[e];
-          b2 += b[e] * r2[e];
-          b3 += b[e] * r3[e];
-        }
-        T* hi = hess + i * dim + j;
-        T* hn = hess + (i + 1) * dim + j;
-        hi[0] = a0, hi[1] = a1, hi[2] = a2, hi[3] = a3;
-        hn[0] = b0, hn[1] = b1, hn[2] = b2, hn[3] = b3;
+      for (int64_t e = 0; e < width; ++e) {
+        a0 += a[e] * r0[e];
+        a1 += a[e] * r1[e];
+        a2 += a[e] * r2[e];
+        a3 += a[e] * r3[e];
+        b0 += b[e] * r0[e];
+        b1 += b[e] * r1[e];
+        b2 += b[e] * r2[e];
+        b3 += b[e] * r3[e];
       }
-    }
-    for (int64_t jj = j; jj <= i; ++jj) hess[i * dim + jj] = dot(width, s0, jac + jj * width);
-    if (pair) {
-      for (int64_t jj = j; jj <= i + 1; ++jj) hess[(i + 1) * dim + jj] = dot(width, s1, jac + jj * width);
+      const T row_i[4] = {a0, a1, a2, a3}, row_next[4] = {b0, b1, b2, b3};
+      for (int64_t q = 0; q < 4; ++q) {
+        if (j + q <= i) hess[i * dim + j + q] = row_i[q];
+        if (pair && j + q <= i + 1) hess[(i + 1) * dim + j + q] = row_next[q];
+      }
     }
   }
 }
