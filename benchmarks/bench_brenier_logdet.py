@@ -5,8 +5,8 @@ Run: make bench
 
 import pytest
 
-from brenier_logdet_cases import (SIZES, backward_implementations, forward_backward, forward_implementations,
-                                  forward_only, make_inputs)
+from brenier_logdet_cases import SIZES, backward_implementations, forward_backward, forward_implementations, forward_only
+from icnn_map_cases import make_inputs
 
 FORWARD = forward_implementations()
 BACKWARD = backward_implementations()

@@ -9,8 +9,8 @@ import torch
 
 import ivae_ext
 from ivae_ext import reference
-from icnn_map_cases import make_inputs  # noqa: F401  (same inputs as icnn_map; bench_brenier_logdet imports it here)
 
+# Inputs: icnn_map_cases.make_inputs (the same ICNN parameters).
 # (B, d, H, K): the main size, a wide-input one, and a tiny-d one (per-op overhead).
 SIZES = [(1024, 16, 64, 4), (256, 64, 128, 4), (4096, 2, 32, 3)]
 

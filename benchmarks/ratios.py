@@ -56,7 +56,7 @@ def icnn_map_rows(rounds: int, gemm_flops_per_s: float):
 
 def brenier_logdet_rows(rounds: int, gemm_flops_per_s: float):
     for size in logdet.SIZES:
-        inputs = logdet.make_inputs(*size)
+        inputs = icnn.make_inputs(*size)
         forward = logdet.forward_implementations()
         if size[1] <= 2:  # tiny d: the brute force is just d backward passes, not a separate case
             forward.pop("brute force (d backward passes)")
