@@ -75,6 +75,23 @@ void hessian_adjoint(const at::Tensor& jac, const at::Tensor& minv, const at::Te
   });
 }
 
+void curvature_adjoint(const at::Tensor& c_bar, const at::Tensor& s, const at::Tensor& d1, const at::Tensor& d2,
+                       const at::Tensor& s_bar, const at::Tensor& a_bar) {
+  const int64_t K = c_bar.size(0), per_layer = c_bar.size(1) * c_bar.size(2);
+  AT_DISPATCH_FLOATING_TYPES(c_bar.scalar_type(), "brenier_curvature_adjoint", [&] {
+    for (int64_t k = 0; k < K; ++k) {  // s's layers may be spaced apart
+      const int64_t e = k * per_layer;
+      const scalar_t* sp = s.const_data_ptr<scalar_t>() + k * s.stride(0);
+      const scalar_t *cb = c_bar.const_data_ptr<scalar_t>() + e, *p1 = d1.const_data_ptr<scalar_t>() + e,
+                     *p2 = d2.const_data_ptr<scalar_t>() + e;
+      scalar_t *sb = s_bar.mutable_data_ptr<scalar_t>() + e, *ab = a_bar.mutable_data_ptr<scalar_t>() + e;
+      at::parallel_for(0, per_layer, kTaskElements, [&](int64_t i0, int64_t i1) {
+        brenier_curvature_adjoint_rows(i1 - i0, cb + i0, sp + i0, p1 + i0, p2 + i0, sb + i0, ab + i0);
+      });
+    }
+  });
+}
+
 void jacobian_adjoint(const at::Tensor& m_bar, const at::Tensor& jac_prev, const at::Tensor& d1_prev,
                       const at::Tensor& d2_prev, const at::Tensor& jac_bar_prev, const at::Tensor& a_bar_prev) {
   const int64_t B = jac_prev.size(0), d = jac_prev.size(1), H = jac_prev.size(2), ld = jac_prev.stride(1);
@@ -91,7 +108,8 @@ void jacobian_adjoint(const at::Tensor& m_bar, const at::Tensor& jac_prev, const
   });
 }
 
-const logdet::Kernels kCpuKernels{&jacobian_step, &hessian_logdet, &hessian_adjoint, &jacobian_adjoint};
+const logdet::Kernels kCpuKernels{&jacobian_step, &hessian_logdet, &hessian_adjoint, &curvature_adjoint,
+                                  &jacobian_adjoint};
 
 void check_cpu_floating(const at::Tensor& t) {
   TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,

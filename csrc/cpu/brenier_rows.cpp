@@ -161,6 +161,18 @@ IVAE_CLONE_INLINE void hessian_adjoint(int64_t batch, int64_t dim, int64_t layer
 }
 
 template <typename T>
+IVAE_CLONE_INLINE void curvature_adjoint(int64_t n, const T* __restrict__ c_bar, const T* __restrict__ s,
+                                         const T* __restrict__ d1, const T* __restrict__ d2, T* __restrict__ s_bar,
+                                         T* __restrict__ a_bar) {
+#pragma omp simd
+  for (int64_t e = 0; e < n; ++e) {
+    const math::CurvatureAdjoint<T> r = math::curvature_adjoint(c_bar[e], s[e], d1[e], d2[e]);
+    s_bar[e] = r.s_bar;
+    a_bar[e] += r.a_bar_add;
+  }
+}
+
+template <typename T>
 IVAE_CLONE_INLINE void jacobian_adjoint(int64_t batch, int64_t dim, int64_t hidden, const T* m_bar, const T* jac_prev,
                       T* jac_bar_prev, int64_t ld, const T* d1_prev, const T* d2_prev, T* a_bar_prev) {
   for (int64_t b = 0; b < batch; ++b) {
@@ -201,6 +213,10 @@ IVAE_CLONE_INLINE void jacobian_adjoint(int64_t batch, int64_t dim, int64_t hidd
                                                     const T* grad_logdet, const T* c,              \
                                                     int64_t layer_stride, T* p, T* c_bar) {        \
     hessian_adjoint(batch, dim, layers, hidden, jac, minv, grad_logdet, c, layer_stride, p, c_bar); \
+  }                                                                                                \
+  IVAE_CPU_CLONES void brenier_curvature_adjoint_rows(int64_t n, const T* c_bar, const T* s,        \
+                                                      const T* d1, const T* d2, T* s_bar, T* a_bar) { \
+    curvature_adjoint(n, c_bar, s, d1, d2, s_bar, a_bar);                                          \
   }                                                                                                \
   IVAE_CPU_CLONES void brenier_jacobian_adjoint_rows(int64_t batch, int64_t dim, int64_t hidden,   \
                                                      const T* m_bar, const T* jac_prev,            \

@@ -21,6 +21,9 @@ namespace ivae::cpu {
   void brenier_hessian_adjoint_rows(int64_t batch, int64_t dim, int64_t layers, int64_t hidden,     \
                                     const T* jac, const T* minv, const T* grad_logdet, const T* c,  \
                                     int64_t layer_stride, T* p, T* c_bar);                          \
+  /* Over n elements: s_bar = c_bar σ''; a_bar += c_bar s σ'''. */                               \
+  void brenier_curvature_adjoint_rows(int64_t n, const T* c_bar, const T* s, const T* d1, const T* d2, \
+                                      T* s_bar, T* a_bar);                                          \
   /* jac_bar_prev += m_bar σ'; a_bar_prev += σ'' Σ_j m_bar jac_prev. */                             \
   void brenier_jacobian_adjoint_rows(int64_t batch, int64_t dim, int64_t hidden, const T* m_bar,    \
                                      const T* jac_prev, T* jac_bar_prev, int64_t ld, const T* d1,   \

@@ -79,6 +79,22 @@ void hessian_adjoint(const at::Tensor& jac, const at::Tensor& minv, const at::Te
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+void curvature_adjoint(const at::Tensor& c_bar, const at::Tensor& s, const at::Tensor& d1, const at::Tensor& d2,
+                       const at::Tensor& s_bar, const at::Tensor& a_bar) {
+  const int64_t K = c_bar.size(0), per_layer = c_bar.size(1) * c_bar.size(2);
+  AT_DISPATCH_FLOATING_TYPES(c_bar.scalar_type(), "brenier_curvature_adjoint_cuda", [&] {
+    for (int64_t k = 0; k < K; ++k) {  // s's layers may be spaced apart
+      const int64_t e = k * per_layer;
+      launch_curvature_adjoint<scalar_t>(per_layer, c_bar.const_data_ptr<scalar_t>() + e,
+                                         s.const_data_ptr<scalar_t>() + k * s.stride(0),
+                                         d1.const_data_ptr<scalar_t>() + e, d2.const_data_ptr<scalar_t>() + e,
+                                         s_bar.mutable_data_ptr<scalar_t>() + e,
+                                         a_bar.mutable_data_ptr<scalar_t>() + e, stream());
+    }
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 void jacobian_adjoint(const at::Tensor& m_bar, const at::Tensor& jac_prev, const at::Tensor& d1_prev,
                       const at::Tensor& d2_prev, const at::Tensor& jac_bar_prev, const at::Tensor& a_bar_prev) {
   TORCH_INTERNAL_ASSERT(jac_bar_prev.stride(1) == jac_prev.stride(1),
@@ -93,7 +109,8 @@ void jacobian_adjoint(const at::Tensor& m_bar, const at::Tensor& jac_prev, const
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-const ivae::logdet::Kernels kCudaKernels{&jacobian_step, &hessian_logdet, &hessian_adjoint, &jacobian_adjoint};
+const ivae::logdet::Kernels kCudaKernels{&jacobian_step, &hessian_logdet, &hessian_adjoint, &curvature_adjoint,
+                                         &jacobian_adjoint};
 
 using SevenTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using SixTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;

@@ -84,6 +84,16 @@ __global__ void hessian_adjoint_kernel(int64_t batch, int64_t dim, int64_t hidde
 }
 
 template <typename T>
+__global__ void curvature_adjoint_kernel(int64_t n, const T* c_bar, const T* s, const T* d1, const T* d2, T* s_bar,
+                                         T* a_bar) {
+  IVAE_GRID_STRIDE(e, n) {
+    const math::CurvatureAdjoint<T> r = math::curvature_adjoint(c_bar[e], s[e], d1[e], d2[e]);
+    s_bar[e] = r.s_bar;
+    a_bar[e] += r.a_bar_add;
+  }
+}
+
+template <typename T>
 __global__ void jacobian_adjoint_kernel(int64_t batch, int64_t dim, int64_t hidden, const T* m_bar,
                                         const T* jac_prev, T* jac_bar_prev, int64_t ld, const T* d1_prev,
                                         const T* d2_prev, T* a_bar_prev) {
@@ -122,6 +132,13 @@ void launch_hessian_adjoint(int64_t batch, int64_t dim, int64_t hidden, const T*
                             const T* c_k, T* c_bar_k, cudaStream_t stream) {
   IVAE_LAUNCH_KERNEL(hessian_adjoint_kernel<T>, blocks_for(batch * hidden), kThreads, 0, stream, batch, dim,
                      hidden, jac, p, ld, c_k, c_bar_k);
+}
+
+template <typename T>
+void launch_curvature_adjoint(int64_t n, const T* c_bar, const T* s, const T* d1, const T* d2, T* s_bar, T* a_bar,
+                              cudaStream_t stream) {
+  IVAE_LAUNCH_KERNEL(curvature_adjoint_kernel<T>, blocks_for(n), kThreads, 0, stream, n, c_bar, s, d1, d2, s_bar,
+                     a_bar);
 }
 
 template <typename T>

@@ -11,6 +11,7 @@
 #pragma once
 
 #include "common/host_device.h"
+#include "math/softplus.h"
 
 namespace ivae::math {
 
@@ -47,6 +48,18 @@ struct JacobianAdjoint {
 template <typename T>
 IVAE_HD JacobianAdjoint<T> jacobian_adjoint(T m_bar, T jac_prev, T d1_prev) {
   return {m_bar * d1_prev, m_bar * jac_prev};
+}
+
+// Reverse step through the Hessian weights c = s ⊙ σ''(a): s̄ = c̄ σ'' and the added ā = c̄ s σ'''.
+template <typename T>
+struct CurvatureAdjoint {
+  T s_bar, a_bar_add;
+};
+
+template <typename T>
+IVAE_HD CurvatureAdjoint<T> curvature_adjoint(T c_bar, T s, T d1, T d2) {
+  const SoftplusParts<T> parts{T(0), d1, d2};  // σ''' needs only σ' and σ''
+  return {c_bar * d2, c_bar * s * softplus_d3(parts)};
 }
 
 }  // namespace ivae::math

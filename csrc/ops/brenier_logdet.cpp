@@ -72,7 +72,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor s = saved[1];
   ew.softplus_all(saved[0], z, d1, d2);
   at::mul_out(c, s, d2);
-  // Hess̄ = ω̄ M; α enters Hess as αI.
   kernels.hessian_adjoint(jac, minv, grad_logdet.contiguous(), c, p, c_bar);
 
   at::Tensor A_bar = at::zeros({K, H, d}, opts), W_bar = at::zeros({K - 1, H, H}, opts);
@@ -91,9 +90,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                              layer_block(p, k - 1, H), a_bar[k - 1]);
   }
 
-  // c_k = s_k ⊙ σ''(a_k): s̄_k = c̄_k σ'', ā_k += c̄_k s_k σ''' (σ''' = σ''(1 - 2σ')).
-  at::Tensor s_bar = c_bar.mul(d2);
-  a_bar.add_(c_bar * s * d2 * (1 - 2 * d1));
+  at::Tensor s_bar = c;  // c is not needed any more: its buffer takes s̄
+  kernels.curvature_adjoint(c_bar, s, d1, d2, s_bar, a_bar);
   // Reverse through ψ's sweep s_{k-1} = (s_k ⊙ σ'(a_k)) W_k, from s_0 upwards; s_{K-1} = w.
   for (int64_t k = 1; k < K; ++k) {
     at::mm_out(g_bar, s_bar[k - 1], a.W[k - 1].t());

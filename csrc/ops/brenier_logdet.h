@@ -30,6 +30,10 @@ struct Kernels {
   // contiguous [K, B, H].
   void (*hessian_adjoint)(const at::Tensor& jac, const at::Tensor& minv, const at::Tensor& grad_logdet,
                           const at::Tensor& c, const at::Tensor& p, const at::Tensor& c_bar);
+  // Through c = s ⊙ σ''(a): s_bar = c_bar ⊙ σ'', a_bar += c_bar ⊙ s ⊙ σ'''. All [K, B, H]; s may
+  // have a larger layer stride, the others are contiguous.
+  void (*curvature_adjoint)(const at::Tensor& c_bar, const at::Tensor& s, const at::Tensor& d1,
+                            const at::Tensor& d2, const at::Tensor& s_bar, const at::Tensor& a_bar);
   // jac_bar_prev += m_bar ⊙ σ'(a_{k-1}); a_bar_prev += σ''(a_{k-1}) ⊙ Σ_j m_bar ⊙ jac_prev.
   // m_bar contiguous [B, d, H].
   void (*jacobian_adjoint)(const at::Tensor& m_bar, const at::Tensor& jac_prev, const at::Tensor& d1_prev,
