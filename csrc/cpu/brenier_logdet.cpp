@@ -142,28 +142,29 @@ SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const 
   out.saved = at::empty({2, K, B, H}, opts);
   out.jac = at::empty({keep_for_backward ? B : 0, d, K * H}, opts);
   out.minv = at::empty({keep_for_backward ? B : 0, d, d}, opts);
-  // The map's forward pass in one block per thread, then the Jacobian / Hessian part in blocks
-  // small enough for their Jacobians to stay in cache.
-  const int64_t map_blocks = row_blocks(B);
-  for_each_block(map_blocks, [&](int64_t i) {
-    const auto [begin, end] = block_rows(B, map_blocks, i);
-    const int64_t n = end - begin;
-    icnn::forward_into(kCpuElementwise, rows_of(args, begin, end), out.psi.narrow(0, begin, n),
-                       out.grad.narrow(0, begin, n), out.saved.narrow(2, begin, n));
-  });
+  // One block per thread: the map's forward pass over the block, then the Jacobian / Hessian part
+  // over sub-blocks small enough for their Jacobians to stay in cache. One parallel region: no
+  // barrier between the two.
   const at::Tensor At = args.A.transpose(1, 2).contiguous();
-  const int64_t blocks = cache_sized_row_blocks(B, logdet_row_bytes(args), kBlockCacheBytes, kMinJacobianBlockRows);
+  const int64_t blocks = row_blocks(B);
   for_each_block(blocks, [&](int64_t i) {
     const auto [begin, end] = block_rows(B, blocks, i);
     const int64_t n = end - begin;
-    logdet::ForwardOutputs rows{out.psi.narrow(0, begin, n), out.grad.narrow(0, begin, n),
-                                out.logdet.narrow(0, begin, n), out.info.narrow(0, begin, n),
-                                out.saved.narrow(2, begin, n), at::Tensor(), at::Tensor()};
-    if (keep_for_backward) {
-      rows.jac = out.jac.narrow(0, begin, n);
-      rows.minv = out.minv.narrow(0, begin, n);
+    const IcnnArgs block_args = rows_of(args, begin, end);
+    icnn::forward_into(kCpuElementwise, block_args, out.psi.narrow(0, begin, n), out.grad.narrow(0, begin, n),
+                       out.saved.narrow(2, begin, n));
+    const int64_t parts = cache_blocks(n, logdet_row_bytes(args), kBlockCacheBytes, kMinJacobianBlockRows);
+    for (int64_t j = 0; j < parts; ++j) {
+      const auto [first, last] = block_rows(n, parts, j);
+      const int64_t r = begin + first, m = last - first;
+      logdet::ForwardOutputs rows{out.psi.narrow(0, r, m), out.grad.narrow(0, r, m), out.logdet.narrow(0, r, m),
+                                  out.info.narrow(0, r, m), out.saved.narrow(2, r, m), at::Tensor(), at::Tensor()};
+      if (keep_for_backward) {
+        rows.jac = out.jac.narrow(0, r, m);
+        rows.minv = out.minv.narrow(0, r, m);
+      }
+      logdet::logdet_into(kCpuKernels, kCpuElementwise, rows_of(args, r, r + m), At, rows);
     }
-    logdet::logdet_into(kCpuKernels, kCpuElementwise, rows_of(args, begin, end), At, rows);
   });
   return {out.psi, out.grad, out.logdet, out.info, out.saved, out.jac, out.minv};
 }

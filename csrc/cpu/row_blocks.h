@@ -38,6 +38,13 @@ inline int64_t cache_sized_row_blocks(int64_t batch, int64_t bytes_per_row, int6
   return (blocks + per_thread - 1) / per_thread * per_thread;  // whole rounds over the threads
 }
 
+// How many consecutive pieces `rows` rows are cut into so that one piece's temporaries
+// (`bytes_per_row` each row) fit in `cache_bytes`, with pieces of at least `min_rows` rows.
+inline int64_t cache_blocks(int64_t rows, int64_t bytes_per_row, int64_t cache_bytes, int64_t min_rows) {
+  const int64_t by_cache = (rows * bytes_per_row + cache_bytes - 1) / std::max<int64_t>(cache_bytes, 1);
+  return std::max<int64_t>(1, std::min(by_cache, rows / std::max<int64_t>(min_rows, 1)));
+}
+
 // [begin, end) of block i of n over `rows` rows (sizes differ by at most one).
 inline std::pair<int64_t, int64_t> block_rows(int64_t rows, int64_t n, int64_t i) {
   return {rows * i / n, rows * (i + 1) / n};
