@@ -7,27 +7,11 @@
 #include <cstdint>
 #include <limits>
 
+#include "cuda/launch.cuh"
 #include "math/brenier.h"
 #include "math/cholesky.h"
 
-#ifndef IVAE_LAUNCH_KERNEL
-#define IVAE_LAUNCH_KERNEL(kernel, grid, block, shmem, stream, ...) \
-  kernel<<<grid, block, shmem, stream>>>(__VA_ARGS__)
-#endif
-
 namespace ivae::cuda::logdet {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 4096;
-
-inline unsigned blocks_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks < kMaxBlocks ? blocks : kMaxBlocks));
-}
-
-#define IVAE_GRID_STRIDE(i, n)                                                                   \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);        \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 // One thread per element (b, j, h).
 template <typename T>
@@ -110,8 +94,6 @@ __global__ void jacobian_adjoint_kernel(int64_t batch, int64_t dim, int64_t hidd
     a_bar_prev[e] += d2_prev[e] * sum;
   }
 }
-
-#undef IVAE_GRID_STRIDE
 
 template <typename T>
 void launch_jacobian_step(int64_t batch, int64_t dim, int64_t hidden, const T* gemm_out, const T* At_k,

@@ -15,10 +15,7 @@
 #include "common/broadcast_layout.h"
 #include "math/expfam.h"
 
-#ifndef IVAE_LAUNCH_KERNEL
-#define IVAE_LAUNCH_KERNEL(kernel, grid, block, shmem, stream, ...) \
-  kernel<<<grid, block, shmem, stream>>>(__VA_ARGS__)
-#endif
+#include "cuda/launch.cuh"
 
 namespace ivae::cuda {
 

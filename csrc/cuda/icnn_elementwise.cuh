@@ -5,26 +5,10 @@
 
 #include <cstdint>
 
+#include "cuda/launch.cuh"
 #include "math/icnn.h"
 
-#ifndef IVAE_LAUNCH_KERNEL
-#define IVAE_LAUNCH_KERNEL(kernel, grid, block, shmem, stream, ...) \
-  kernel<<<grid, block, shmem, stream>>>(__VA_ARGS__)
-#endif
-
 namespace ivae::cuda::icnn {
-
-constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 4096;
-
-inline unsigned blocks_for(int64_t n) {
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks < kMaxBlocks ? blocks : kMaxBlocks));
-}
-
-#define IVAE_GRID_STRIDE(i, n)                                                                   \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);        \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 template <typename T>
 __global__ void layer_forward_kernel(int64_t rows, int64_t hidden, const T* t, int64_t t_ld,
@@ -82,8 +66,6 @@ __global__ void top_forward_kernel(int64_t rows, int64_t hidden, int64_t dim, co
     if (lane == 0) psi[r] = potential + T(0.5) * alpha[0] * square;
   }
 }
-
-#undef IVAE_GRID_STRIDE
 
 template <typename T>
 void launch_layer_forward(int64_t rows, int64_t hidden, const T* t, int64_t t_ld, const T* bias, T* a,
