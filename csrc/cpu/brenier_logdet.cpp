@@ -5,7 +5,6 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include <ATen/ops/empty.h>
 
 #include <algorithm>
 
@@ -132,16 +131,8 @@ SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const 
                                 const at::Tensor& w, const at::Tensor& alpha, bool keep_for_backward) {
   const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha, "brenier_logdet");
   check_cpu_floating(args.x);
-  const int64_t B = args.batch, d = args.dim, K = args.layers, H = args.hidden;
-  const auto opts = args.x.options();
-  logdet::ForwardOutputs out;
-  out.psi = at::empty({B}, opts);
-  out.grad = at::empty({B, d}, opts);
-  out.logdet = at::empty({B}, opts);
-  out.info = at::empty({B}, opts.dtype(at::kInt));
-  out.saved = at::empty({2, K, B, H}, opts);
-  out.jac = at::empty({keep_for_backward ? B : 0, d, K * H}, opts);
-  out.minv = at::empty({keep_for_backward ? B : 0, d, d}, opts);
+  const int64_t B = args.batch;
+  const logdet::ForwardOutputs out = logdet::allocate_outputs(args, keep_for_backward);
   // One block per thread: the map's forward pass over the block, then the Jacobian / Hessian part
   // over sub-blocks small enough for their Jacobians to stay in cache. One parallel region: no
   // barrier between the two.

@@ -10,7 +10,6 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/bmm.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/mul.h>
 
 #include "common/icnn_args.h"
@@ -120,22 +119,11 @@ SevenTensors brenier_logdet_cuda(const at::Tensor& x, const at::Tensor& A, const
   const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha, "brenier_logdet");
   check_cuda_floating(args.x);
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t B = args.batch, d = args.dim, K = args.layers, H = args.hidden;
-  const auto opts = args.x.options();
-  ivae::logdet::ForwardOutputs out;
-  out.psi = at::empty({B}, opts);
-  out.grad = at::empty({B, d}, opts);
-  out.logdet = at::empty({B}, opts);
-  out.info = at::empty({B}, opts.dtype(at::kInt));
-  out.saved = at::empty({2, K, B, H}, opts);
-  const at::Tensor jac = at::empty({keep_for_backward ? B : 0, d, K * H}, opts);
-  const at::Tensor minv = at::empty({keep_for_backward ? B : 0, d, d}, opts);
-  if (keep_for_backward) {
-    out.jac = jac;
-    out.minv = minv;
-  }
-  ivae::logdet::forward_into(kCudaKernels, ivae::cuda::icnn::kCudaElementwise, args, out);
-  return {out.psi, out.grad, out.logdet, out.info, out.saved, jac, minv};
+  const ivae::logdet::ForwardOutputs out = ivae::logdet::allocate_outputs(args, keep_for_backward);
+  ivae::logdet::ForwardOutputs run = out;
+  if (!keep_for_backward) run.jac = run.minv = at::Tensor();  // nothing kept: scratch instead
+  ivae::logdet::forward_into(kCudaKernels, ivae::cuda::icnn::kCudaElementwise, args, run);
+  return {out.psi, out.grad, out.logdet, out.info, out.saved, out.jac, out.minv};
 }
 
 SixTensors brenier_logdet_backward_cuda(const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& A,

@@ -25,6 +25,15 @@ at::Tensor layer_rows(const at::Tensor& all, int64_t k, int64_t hidden) {
 
 }  // namespace
 
+ForwardOutputs allocate_outputs(const IcnnArgs& a, bool keep_for_backward) {
+  const int64_t B = a.batch, d = a.dim, K = a.layers, H = a.hidden, kept = keep_for_backward ? B : 0;
+  const auto opts = a.x.options();
+  return {at::empty({B}, opts),         at::empty({B, d}, opts),
+          at::empty({B}, opts),         at::empty({B}, opts.dtype(at::kInt)),
+          at::empty({2, K, B, H}, opts), at::empty({kept, d, K * H}, opts),
+          at::empty({kept, d, d}, opts)};
+}
+
 void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a,
                   const ForwardOutputs& out) {
   icnn::forward_into(ew, a, out.psi, out.grad, out.saved);  // pre-activations a_k and ψ's sweep s_k

@@ -47,6 +47,10 @@ struct ForwardOutputs {
   at::Tensor jac, minv;                       // [B, d, K*H], [B, d, d]; undefined: not kept
 };
 
+// The op's outputs, allocated: jac and minv have B rows if keep_for_backward, else 0 (the op
+// returns them either way; pass them to forward_into / logdet_into only when kept).
+ForwardOutputs allocate_outputs(const IcnnArgs& a, bool keep_for_backward);
+
 void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a,
                   const ForwardOutputs& out);
 
