@@ -13,8 +13,11 @@ from helpers import DEVICES, icnn_inputs
 
 pytestmark = pytest.mark.skipif(not HAS_FUSED_ICNN, reason="compiled op required")
 
-# (B, d, H, K), including the degenerate K = 1, d = 1, H = 1.
-SHAPES = [(9, 3, 8, 3), (6, 1, 5, 2), (5, 4, 1, 2), (7, 2, 6, 1), (4, 1, 1, 1), (33, 5, 40, 4)]
+# (B, d, H, K), including the degenerate K = 1, d = 1, H = 1. The last two reach the CPU tiles'
+# edges (cpu/tile_gemm.h): H = 70 and 100 need every tile width, d = 9 a padded column, B = 7 a
+# row tail, and 300 rows several cache-sized sub-blocks (cpu/icnn_tiled.cpp).
+SHAPES = [(9, 3, 8, 3), (6, 1, 5, 2), (5, 4, 1, 2), (7, 2, 6, 1), (4, 1, 1, 1), (33, 5, 40, 4), (300, 9, 70, 3),
+          (7, 16, 100, 2)]
 NAMES = ("x", "A", "b", "W", "w", "alpha")
 
 
@@ -117,6 +120,16 @@ def test_only_requested_gradients_are_computed():
     (psi.sum() + grad.sum()).backward()
     assert W.grad is not None and W.grad.shape == W.shape
     assert x.grad is None and A.grad is None and w.grad is None
+
+
+def test_tiled_cpu_kernels_match_the_aten_gemm_path(monkeypatch):
+    # IVAE_ICNN_CPU_PATH=aten runs the ATen-GEMM sequence CUDA uses (ops/icnn_map.cpp) on the CPU.
+    inputs = icnn_inputs(130, 6, 24, 3, dtype=torch.float32)
+    tiled = outputs_and_grads(icnn_map, inputs)
+    monkeypatch.setenv("IVAE_ICNN_CPU_PATH", "aten")
+    aten = outputs_and_grads(icnn_map, inputs)
+    for name, got, want in zip(("psi", "grad") + NAMES, tiled, aten):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -8,10 +8,12 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "common/icnn_args.h"
 #include "cpu/icnn_table.h"
 #include "cpu/icnn_rows.h"
+#include "cpu/icnn_packing.h"
 #include "cpu/row_blocks.h"
 #include "ops/icnn_map.h"
 
@@ -104,11 +106,7 @@ const icnn::Elementwise kCpuElementwise{&layer_forward, &top_forward, &softplus_
 
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> icnn_map_cpu(const at::Tensor& x, const at::Tensor& A,
-                                                            const at::Tensor& b, const at::Tensor& W,
-                                                            const at::Tensor& w, const at::Tensor& alpha) {
-  const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha);
-  check_cpu_floating(args.x);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> icnn_map_aten_path(const IcnnArgs& args) {
   const int64_t blocks = row_blocks(args.batch);
   if (blocks == 1) return icnn::forward(kCpuElementwise, args);
   const auto opts = args.x.options();
@@ -122,21 +120,118 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> icnn_map_cpu(const at::Tensor& x,
   return {psi, grad, saved};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> icnn_map_backward_cpu(
-    const at::Tensor& grad_psi, const at::Tensor& grad_grad, const at::Tensor& x, const at::Tensor& A,
-    const at::Tensor& b, const at::Tensor& W, const at::Tensor& w, const at::Tensor& alpha,
-    const at::Tensor& saved, std::array<bool, 6> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> icnn_map_cpu(const at::Tensor& x, const at::Tensor& A,
+                                                            const at::Tensor& b, const at::Tensor& W,
+                                                            const at::Tensor& w, const at::Tensor& alpha) {
+  const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha);
+  check_cpu_floating(args.x);
+  if (aten_path_requested()) return icnn_map_aten_path(args);
+  const auto opts = args.x.options();
+  const int64_t B = args.batch, d = args.dim, H = args.hidden;
+  at::Tensor psi = at::empty({B}, opts), grad = at::empty({B, d}, opts);
+  at::Tensor saved = at::empty({2, args.layers, B, H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(args.x.scalar_type(), "icnn_map_cpu", [&] {
+    const IcnnPacked<scalar_t> packed = pack_args<scalar_t>(args);
+    const scalar_t* xp = args.x.const_data_ptr<scalar_t>();
+    scalar_t *psip = psi.mutable_data_ptr<scalar_t>(), *gp = grad.mutable_data_ptr<scalar_t>();
+    scalar_t* sa = saved.mutable_data_ptr<scalar_t>();
+    scalar_t* ss = sa + args.layers * B * H;
+    const int64_t blocks = row_blocks(B);
+    for_each_block(blocks, [&](int64_t i) {
+      const auto [begin, end] = block_rows(B, blocks, i);
+      icnn_tiled_forward(packed, end - begin, xp + begin * d, psip + begin, gp + begin * d, sa + begin * H,
+                         ss + begin * H, B * H);
+    });
+  });
+  return {psi, grad, saved};
+}
+
+// Sums the threads' partial gradients in block order (deterministic for a thread count) into
+// the op's unpadded gradient tensors.
+template <typename T>
+void write_parameter_grads(const IcnnPacked<T>& p, const std::vector<IcnnPartial<T>>& parts,
+                           const std::array<bool, 6>& mask, at::Tensor& A_bar, at::Tensor& b_bar, at::Tensor& W_bar,
+                           at::Tensor& w_bar, at::Tensor& alpha_bar) {
+  const int64_t K = p.layers, H = p.hidden, d = p.dim, hp = p.hp, dp = p.dp;
+  const auto opts = A_bar.options();
+  const auto total = [&](auto member, int64_t i) {
+    T sum = 0;
+    for (const IcnnPartial<T>& part : parts) sum += (part.*member)[i];
+    return sum;
+  };
+  if (mask[1]) {
+    A_bar = at::empty({K, H, d}, opts);
+    T* out = A_bar.mutable_data_ptr<T>();
+    for (int64_t kh = 0; kh < K * H; ++kh)
+      for (int64_t j = 0; j < d; ++j) out[kh * d + j] = total(&IcnnPartial<T>::A, kh * dp + j);
+  }
+  if (mask[2]) {
+    b_bar = at::empty({K, H}, opts);
+    T* out = b_bar.mutable_data_ptr<T>();
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t h = 0; h < H; ++h) out[k * H + h] = total(&IcnnPartial<T>::b, k * hp + h);
+  }
+  if (mask[3]) {
+    W_bar = at::empty({K - 1, H, H}, opts);
+    T* out = W_bar.mutable_data_ptr<T>();
+    for (int64_t ki = 0; ki < (K - 1) * H; ++ki)
+      for (int64_t j = 0; j < H; ++j) out[ki * H + j] = total(&IcnnPartial<T>::W, ki * hp + j);
+  }
+  if (mask[4]) {
+    w_bar = at::empty({H}, opts);
+    T* out = w_bar.mutable_data_ptr<T>();
+    for (int64_t h = 0; h < H; ++h) out[h] = total(&IcnnPartial<T>::w, h);
+  }
+  if (mask[5]) {
+    T sum = 0;
+    for (const IcnnPartial<T>& part : parts) sum += part.alpha;
+    alpha_bar = at::empty({}, opts);
+    *alpha_bar.mutable_data_ptr<T>() = sum;
+  }
+}
+
+SixGrads icnn_map_backward_aten_path(const at::Tensor& grad_psi, const at::Tensor& grad_grad, const IcnnArgs& args,
+                                     const at::Tensor& saved, std::array<bool, 6> output_mask) {
+  const int64_t blocks = row_blocks(args.batch);
+  if (blocks == 1) return icnn::backward(kCpuElementwise, grad_psi, grad_grad, args, saved, output_mask);
+  return backward_by_blocks(args.batch, blocks, output_mask[0], [&](int64_t begin, int64_t end) {
+    const int64_t n = end - begin;
+    return icnn::backward(kCpuElementwise, grad_psi.narrow(0, begin, n), grad_grad.narrow(0, begin, n),
+                          rows_of(args, begin, end), saved.narrow(2, begin, n), output_mask);
+  });
+}
+
+SixGrads icnn_map_backward_cpu(const at::Tensor& grad_psi, const at::Tensor& grad_grad, const at::Tensor& x,
+                               const at::Tensor& A, const at::Tensor& b, const at::Tensor& W, const at::Tensor& w,
+                               const at::Tensor& alpha, const at::Tensor& saved, std::array<bool, 6> output_mask) {
   const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha);
   check_cpu_floating(args.x);
   check_icnn_backward_args(args, grad_psi, grad_grad, saved);
   const at::Tensor saved_c = saved.contiguous();
-  const int64_t blocks = row_blocks(args.batch);
-  if (blocks == 1) return icnn::backward(kCpuElementwise, grad_psi, grad_grad, args, saved_c, output_mask);
-  return backward_by_blocks(args.batch, blocks, output_mask[0], [&](int64_t begin, int64_t end) {
-    const int64_t n = end - begin;
-    return icnn::backward(kCpuElementwise, grad_psi.narrow(0, begin, n), grad_grad.narrow(0, begin, n),
-                          rows_of(args, begin, end), saved_c.narrow(2, begin, n), output_mask);
+  if (aten_path_requested()) return icnn_map_backward_aten_path(grad_psi, grad_grad, args, saved_c, output_mask);
+  const at::Tensor psi_bar = grad_psi.contiguous(), g_bar = grad_grad.contiguous();
+  const auto opts = args.x.options();
+  const int64_t B = args.batch, d = args.dim, H = args.hidden;
+  at::Tensor x_bar = output_mask[0] ? at::empty({B, d}, opts) : at::empty({0}, opts);
+  at::Tensor A_bar = at::empty({0}, opts), b_bar = A_bar, W_bar = A_bar, w_bar = A_bar, alpha_bar = A_bar;
+  AT_DISPATCH_FLOATING_TYPES(args.x.scalar_type(), "icnn_map_backward_cpu", [&] {
+    const IcnnPacked<scalar_t> packed = pack_args<scalar_t>(args);
+    const scalar_t* xp = args.x.const_data_ptr<scalar_t>();
+    const scalar_t *pb = psi_bar.const_data_ptr<scalar_t>(), *gb = g_bar.const_data_ptr<scalar_t>();
+    const scalar_t* sa = saved_c.const_data_ptr<scalar_t>();
+    const scalar_t* ss = sa + args.layers * B * H;
+    scalar_t* xb = output_mask[0] ? x_bar.mutable_data_ptr<scalar_t>() : nullptr;
+    const int64_t blocks = row_blocks(B);
+    std::vector<IcnnPartial<scalar_t>> parts(blocks);
+    for_each_block(blocks, [&](int64_t i) {
+      const auto [begin, end] = block_rows(B, blocks, i);
+      parts[i] = icnn_partial_for(packed);
+      icnn_tiled_backward(packed, end - begin, xp + begin * d, pb + begin, gb + begin * d, sa + begin * H,
+                          ss + begin * H, B * H, output_mask, xb ? xb + begin * d : nullptr, parts[i]);
+    });
+    write_parameter_grads(packed, parts, output_mask, A_bar, b_bar, W_bar, w_bar, alpha_bar);
   });
+  return {x_bar, A_bar, b_bar, W_bar, w_bar, alpha_bar};
 }
 
 }  // namespace
