@@ -15,7 +15,10 @@ from helpers import DEVICES, icnn_inputs
 pytestmark = pytest.mark.skipif(not HAS_FUSED_LOGDET, reason="compiled op required")
 
 # (B, d, H, K), including d = 1, K = 1 and H = 1.
-SHAPES = [(9, 3, 8, 3), (6, 1, 5, 2), (7, 2, 6, 1), (5, 4, 1, 2), (4, 1, 1, 1), (33, 5, 40, 4)]
+# The last two reach the CPU tiles' edges (cpu/tile_gemm.h: H = 70 and 40 need several tile widths,
+# d = 9 a padded column, odd batches a row tail) and several cache-sized sub-blocks (cpu/brenier_tiled.cpp).
+SHAPES = [(9, 3, 8, 3), (6, 1, 5, 2), (7, 2, 6, 1), (5, 4, 1, 2), (4, 1, 1, 1), (33, 5, 40, 4), (61, 9, 70, 3),
+          (7, 16, 40, 2)]
 NAMES = ("x", "A", "b", "W", "w", "alpha")
 
 
@@ -90,10 +93,21 @@ def test_float32_matches_float64_reference(device):
     assert_all_close(got_grads, weighted_grads([want], inputs64), NAMES, 1e-4, 1e-4)
 
 
+def test_tiled_cpu_kernels_match_the_aten_gemm_path(monkeypatch):
+    # IVAE_ICNN_CPU_PATH=aten runs the ATen-GEMM sequence CUDA uses (ops/brenier_logdet.cpp) on the CPU.
+    inputs = icnn_inputs(90, 6, 24, 3, dtype=torch.float32)
+    tiled = brenier_map_logdet(*inputs)
+    tiled_grads = weighted_grads(tiled, inputs)
+    monkeypatch.setenv("IVAE_ICNN_CPU_PATH", "aten")
+    aten = brenier_map_logdet(*inputs)
+    assert_all_close(tiled, aten, ("psi", "grad", "logdet"), 1e-4, 1e-4)
+    assert_all_close(tiled_grads, weighted_grads(aten, inputs), NAMES, 1e-4, 1e-4)
+
+
 @pytest.mark.parametrize("threads", [2, 3])
 def test_row_blocks_per_thread_match_reference_and_are_deterministic(threads):
-    # 200 rows of d=8, H=64, K=3 in float64: the Jacobian part runs in 6 cache-sized blocks,
-    # several per thread (cpu/brenier_logdet.cpp), the map's pass in one block per thread.
+    # 200 rows of d=8, H=64, K=3 in float64: one row block per thread, each in cache-sized
+    # sub-blocks of 44 samples (cpu/brenier_tiled.cpp); parameter gradients summed in block order.
     inputs = icnn_inputs(200, 8, 64, 3)
     want = weighted_grads([reference.brenier_logdet(*inputs)], inputs)
     previous = torch.get_num_threads()

@@ -10,6 +10,8 @@
 
 #include "common/icnn_args.h"
 #include "cpu/brenier_rows.h"
+#include "cpu/brenier_tiled.h"
+#include "cpu/icnn_packing.h"
 #include "cpu/icnn_table.h"
 #include "cpu/row_blocks.h"
 #include "ops/brenier_logdet.h"
@@ -127,10 +129,7 @@ constexpr int64_t kMinJacobianBlockRows = 32;
 
 using SevenTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const at::Tensor& b, const at::Tensor& W,
-                                const at::Tensor& w, const at::Tensor& alpha, bool keep_for_backward) {
-  const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha, "brenier_logdet");
-  check_cpu_floating(args.x);
+SevenTensors brenier_logdet_aten_path(const IcnnArgs& args, bool keep_for_backward) {
   const int64_t B = args.batch;
   const logdet::ForwardOutputs out = logdet::allocate_outputs(args, keep_for_backward);
   // One block per thread: the map's forward pass over the block, then the Jacobian / Hessian part
@@ -156,6 +155,34 @@ SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const 
       }
       logdet::logdet_into(kCpuKernels, kCpuElementwise, rows_of(args, r, r + m), At, rows);
     }
+  });
+  return {out.psi, out.grad, out.logdet, out.info, out.saved, out.jac, out.minv};
+}
+
+SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const at::Tensor& b, const at::Tensor& W,
+                                const at::Tensor& w, const at::Tensor& alpha, bool keep_for_backward) {
+  const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha, "brenier_logdet");
+  check_cpu_floating(args.x);
+  if (aten_path_requested()) return brenier_logdet_aten_path(args, keep_for_backward);
+  const int64_t B = args.batch, d = args.dim, H = args.hidden, width = args.layers * H;
+  const logdet::ForwardOutputs out = logdet::allocate_outputs(args, keep_for_backward);
+  AT_DISPATCH_FLOATING_TYPES(args.x.scalar_type(), "brenier_logdet_cpu", [&] {
+    const IcnnPacked<scalar_t> packed = pack_args<scalar_t>(args);
+    const scalar_t* xp = args.x.const_data_ptr<scalar_t>();
+    scalar_t *psi = out.psi.mutable_data_ptr<scalar_t>(), *grad = out.grad.mutable_data_ptr<scalar_t>();
+    scalar_t* saved_a = out.saved.mutable_data_ptr<scalar_t>();
+    scalar_t* saved_s = saved_a + args.layers * B * H;
+    scalar_t* logdet = out.logdet.mutable_data_ptr<scalar_t>();
+    int32_t* info = out.info.mutable_data_ptr<int32_t>();
+    scalar_t* jac = keep_for_backward ? out.jac.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* minv = keep_for_backward ? out.minv.mutable_data_ptr<scalar_t>() : nullptr;
+    const int64_t blocks = row_blocks(B);
+    for_each_block(blocks, [&](int64_t i) {
+      const auto [begin, end] = block_rows(B, blocks, i);
+      brenier_tiled_logdet(packed, end - begin, xp + begin * d, psi + begin, grad + begin * d, saved_a + begin * H,
+                           saved_s + begin * H, B * H, logdet + begin, info + begin,
+                           jac ? jac + begin * d * width : nullptr, minv ? minv + begin * d * d : nullptr);
+    });
   });
   return {out.psi, out.grad, out.logdet, out.info, out.saved, out.jac, out.minv};
 }

@@ -103,22 +103,11 @@ IVAE_CLONE_INLINE void hessian_lower(int64_t dim, int64_t layers, int64_t hidden
 template <typename T>
 IVAE_CLONE_INLINE void hessian_logdet(int64_t batch, int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* c,
                     int64_t layer_stride, T alpha, T* logdet, int32_t* info, T* minv) {
-  const T nan = std::numeric_limits<T>::quiet_NaN();
   std::vector<T> scaled(2 * layers * hidden), hess(dim * dim);
   for (int64_t b = 0; b < batch; ++b) {
     hessian_lower(dim, layers, hidden, jac + b * dim * layers * hidden, c + b * hidden, layer_stride,
                   scaled.data(), hess.data());
-    for (int64_t j = 0; j < dim; ++j) hess[j * dim + j] += alpha;
-    const int32_t status = math::cholesky_lower(hess.data(), dim);
-    info[b] = status;
-    logdet[b] = status == math::kCholeskyOk ? math::cholesky_logdet(hess.data(), dim) : nan;
-    if (!minv) continue;
-    T* m = minv + b * dim * dim;
-    if (status == math::kCholeskyOk) {
-      math::cholesky_inverse(hess.data(), m, dim);
-    } else {
-      for (int64_t i = 0; i < dim * dim; ++i) m[i] = nan;
-    }
+    info[b] = math::shifted_logdet_and_inverse(hess.data(), dim, alpha, logdet + b, minv ? minv + b * dim * dim : nullptr);
   }
 }
 

@@ -32,20 +32,9 @@ __global__ void jacobian_step_kernel(int64_t batch, int64_t dim, int64_t hidden,
 template <typename T>
 __global__ void hessian_logdet_kernel(int64_t batch, int64_t dim, T* hess, const T* alpha, T* logdet,
                                       int32_t* info, T* minv) {
-  const T nan = std::numeric_limits<T>::quiet_NaN();
   IVAE_GRID_STRIDE(b, batch) {
-    T* h = hess + b * dim * dim;
-    for (int64_t j = 0; j < dim; ++j) h[j * dim + j] += alpha[0];
-    const int32_t status = math::cholesky_lower(h, dim);
-    info[b] = status;
-    logdet[b] = status == math::kCholeskyOk ? math::cholesky_logdet(h, dim) : nan;
-    if (!minv) continue;
-    T* m = minv + b * dim * dim;
-    if (status == math::kCholeskyOk) {
-      math::cholesky_inverse(h, m, dim);
-    } else {
-      for (int64_t i = 0; i < dim * dim; ++i) m[i] = nan;
-    }
+    info[b] = math::shifted_logdet_and_inverse(hess + b * dim * dim, dim, alpha[0], logdet + b,
+                                               minv ? minv + b * dim * dim : nullptr);
   }
 }
 

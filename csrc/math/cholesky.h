@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "common/host_device.h"
 
@@ -77,6 +78,25 @@ IVAE_HD void cholesky_inverse(T* L, T* inv, int64_t n) {
       for (int64_t c = 0; c <= k; ++c) out[c] += weight * t_k[c];
     }
   }
+}
+
+// The op's per-sample step after the Hessian products: hess += αI, factorised in place; returns
+// the status (the op's `info`), writes logdet and, if `inv` is not null, Hess⁻¹ — NaN for both
+// when the Hessian is not positive definite (the non-PD policy is applied by the caller).
+template <typename T>
+IVAE_HD int32_t shifted_logdet_and_inverse(T* hess, int64_t n, T alpha, T* logdet, T* inv) {
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  for (int64_t j = 0; j < n; ++j) hess[j * n + j] += alpha;
+  const int32_t status = cholesky_lower(hess, n);
+  *logdet = status == kCholeskyOk ? cholesky_logdet(hess, n) : nan;
+  if (inv) {
+    if (status == kCholeskyOk) {
+      cholesky_inverse(hess, inv, n);
+    } else {
+      for (int64_t i = 0; i < n * n; ++i) inv[i] = nan;
+    }
+  }
+  return status;
 }
 
 }  // namespace ivae::math

@@ -1,0 +1,22 @@
+// The Brenier log-determinant's forward on the CPU for one thread's rows: the map's tiled pass
+// (cpu/icnn_tiled.h), the Jacobian recurrence Jᵀ_k = (Jᵀ_{k-1} diag σ'(a_{k-1})) W_kᵀ + A_kᵀ as
+// register tiles whose epilogue adds A_kᵀ and applies the next layer's σ', and the per-sample
+// Hessian, Cholesky and logdet (cpu/brenier_rows.h). Torch-free; math in math/brenier.h.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/icnn_tiled.h"
+
+namespace ivae::cpu {
+
+// As icnn_tiled_forward, plus logdet [rows] and info [rows]; jac [rows, d, K*H] and minv
+// [rows, d, d] are written when not null (kept for the backward), else jac goes to a workspace.
+void brenier_tiled_logdet(const IcnnPacked<float>& p, int64_t rows, const float* x, float* psi, float* grad,
+                          float* saved_a, float* saved_s, int64_t layer_stride, float* logdet, int32_t* info,
+                          float* jac, float* minv);
+void brenier_tiled_logdet(const IcnnPacked<double>& p, int64_t rows, const double* x, double* psi, double* grad,
+                          double* saved_a, double* saved_s, int64_t layer_stride, double* logdet, int32_t* info,
+                          double* jac, double* minv);
+
+}  // namespace ivae::cpu
