@@ -4,6 +4,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/cholesky_lanes.h"
 #include "cpu/cpu_clones.h"
 #include "math/brenier.h"
 #include "math/cholesky.h"
@@ -100,14 +101,38 @@ IVAE_CLONE_INLINE void hessian_lower(int64_t dim, int64_t layers, int64_t hidden
   }
 }
 
+// Per group of kLanes samples: each sample's Hessian products (hessian_lower), then the shift,
+// factorisation, logdet and inverse for the whole group at once, one sample per SIMD lane
+// (cpu/cholesky_lanes.h). A short last group is filled with identity matrices.
 template <typename T>
 IVAE_CLONE_INLINE void hessian_logdet(int64_t batch, int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* c,
                     int64_t layer_stride, T alpha, T* logdet, int32_t* info, T* minv) {
-  std::vector<T> scaled(2 * layers * hidden), hess(dim * dim);
-  for (int64_t b = 0; b < batch; ++b) {
-    hessian_lower(dim, layers, hidden, jac + b * dim * layers * hidden, c + b * hidden, layer_stride,
-                  scaled.data(), hess.data());
-    info[b] = math::shifted_logdet_and_inverse(hess.data(), dim, alpha, logdet + b, minv ? minv + b * dim * dim : nullptr);
+  constexpr int L = kLanes<T>;
+  const int64_t dd = dim * dim;
+  std::vector<T> scaled(2 * layers * hidden), hess(dd), lanes(dd * L), scratch(minv ? dd * L : 0),
+      inv(minv ? dd * L : 0);
+  int32_t status[L];
+  T lane_logdet[L];
+  for (int64_t g = 0; g < batch; g += L) {
+    const int64_t m = std::min<int64_t>(L, batch - g);
+    for (int64_t l = 0; l < L; ++l) {
+      if (l < m) {
+        hessian_lower(dim, layers, hidden, jac + (g + l) * dim * layers * hidden, c + (g + l) * hidden, layer_stride,
+                      scaled.data(), hess.data());
+      }
+      for (int64_t i = 0; i < dim; ++i) {
+        for (int64_t j = 0; j <= i; ++j) lanes[(i * dim + j) * L + l] = l < m ? hess[i * dim + j] : T(i == j);
+      }
+    }
+    shifted_logdet_and_inverse_lanes<T, L>(lanes.data(), dim, alpha, status, lane_logdet,
+                                           minv ? scratch.data() : nullptr, minv ? inv.data() : nullptr);
+    for (int64_t l = 0; l < m; ++l) {
+      info[g + l] = status[l];
+      logdet[g + l] = lane_logdet[l];
+      if (!minv) continue;
+      T* out = minv + (g + l) * dd;
+      for (int64_t e = 0; e < dd; ++e) out[e] = inv[e * L + l];
+    }
   }
 }
 

@@ -18,7 +18,7 @@ using tile::tile_cols;
 using tile::tile_rows;
 
 // Samples per sub-block: its Jacobians ([d, K*H] each) and temporaries stay in a core's L2.
-constexpr int64_t kSubBlockBytes = 1024 * 1024;
+constexpr int64_t kSubBlockBytes = 256 * 1024;
 
 template <typename T>
 T* thread_workspace(int64_t elements) {  // kept between calls (see icnn_tiled.cpp)
@@ -85,10 +85,23 @@ IVAE_CLONE_INLINE void logdet_block(const IcnnPacked<T>& p, int64_t n, const T* 
     tile::gemm<T>(n * d, hp, &product, 1, [&](int64_t r0, int64_t n0, auto& acc) __attribute__((always_inline)) {
       constexpr int R = tile_rows<decltype(acc)>, C = tile_cols<decltype(acc)>;
       const int64_t real = std::min<int64_t>(C, H - n0);
-      for (int r = 0; r < R; ++r) {
-        const int64_t row = r0 + r, b = row / d, j = row - b * d;
+      int64_t b = r0 / d, j = r0 - b * d;  // the row's sample and input, stepped (no division per row)
+      for (int r = 0; r < R; ++r, ++j) {
+        if (j == d) j = 0, ++b;
+        const int64_t row = r0 + r;
         const T* __restrict__ at = at_k + j * hp + n0;
         const T* __restrict__ dr = d1_k + b * hp + n0;
+        T* __restrict__ out = jac + row * width + k * H + n0;
+        T* __restrict__ nx = next + row * hp + n0;
+        if (real == C && !last) {  // the common case: straight to both outputs
+#pragma omp simd
+          for (int c = 0; c < C; ++c) {
+            const math::JacobianStep<T> s = math::jacobian_step(acc[r][c], at[c], dr[c]);
+            out[c] = s.jac;
+            nx[c] = s.next;
+          }
+          continue;
+        }
         T jac_tile[C], next_tile[C];
 #pragma omp simd
         for (int c = 0; c < C; ++c) {
@@ -96,10 +109,8 @@ IVAE_CLONE_INLINE void logdet_block(const IcnnPacked<T>& p, int64_t n, const T* 
           jac_tile[c] = s.jac;
           next_tile[c] = s.next;
         }
-        T* __restrict__ out = jac + row * width + k * H + n0;
         for (int64_t c = 0; c < real; ++c) out[c] = jac_tile[c];
         if (!last) {
-          T* __restrict__ nx = next + row * hp + n0;
           for (int c = 0; c < C; ++c) nx[c] = next_tile[c];
         }
       }
