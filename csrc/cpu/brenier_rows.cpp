@@ -56,46 +56,43 @@ IVAE_CLONE_INLINE void scale_row(int64_t layers, int64_t hidden, const T* row, c
   }
 }
 
-// Hess[i][j] for j <= i: Σ over a sample's K*H columns of (Jᵀ_i c) Jᵀ_j. Rows i, i+1 are staged
-// scaled (in cache) and dotted with four rows j at a time: eight independent accumulators, and
-// each loaded element feeds two or four multiply-adds. The last block of j may reach past the
-// triangle (or past the matrix: those rows read row 0 and are dropped): a few wasted
-// multiply-adds cost less than dot products one at a time, which are latency-bound.
+// Hess[i][j] for j <= i: Σ over a sample's K*H columns of (Jᵀ_i c) Jᵀ_j, by 4 x 4 blocks of dot
+// products: rows i..i+3 are staged scaled (in cache), and each loaded element feeds four
+// multiply-adds. Blocks reaching past the triangle or the matrix (rows clamped to the last one)
+// compute a few products that are dropped. The dot products run on 256-bit vectors (simdlen):
+// with sixteen per block, their final horizontal sums cost more than the loop at 512 bits, and
+// 256-bit multiply-adds have the same throughput on the machines measured (AMD Zen 4).
 template <typename T>
 IVAE_CLONE_INLINE void hessian_lower(int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* c,
                                      int64_t layer_stride, T* scaled, T* hess) {
   const int64_t width = layers * hidden;
-  T* s0 = scaled;
-  T* s1 = scaled + width;
-  for (int64_t i = 0; i < dim; i += 2) {
-    const bool pair = i + 1 < dim;
-    scale_row(layers, hidden, jac + i * width, c, layer_stride, s0);
-    if (pair) scale_row(layers, hidden, jac + (i + 1) * width, c, layer_stride, s1);
-    const int64_t last = pair ? i + 1 : i;  // the largest j needed
-    for (int64_t j = 0; j <= last; j += 4) {
-      const auto row_or_first = [&](int64_t r) { return jac + (r < dim ? r : 0) * width; };
-      const T* __restrict__ r0 = row_or_first(j);
-      const T* __restrict__ r1 = row_or_first(j + 1);
-      const T* __restrict__ r2 = row_or_first(j + 2);
-      const T* __restrict__ r3 = row_or_first(j + 3);
-      const T* __restrict__ a = s0;
-      const T* __restrict__ b = pair ? s1 : s0;
-      T a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
+  const auto row_of = [&](const T* base, int64_t r) { return base + std::min(r, dim - 1) * width; };
+  for (int64_t i = 0; i < dim; i += 4) {
+    for (int64_t q = 0; q < 4; ++q) scale_row(layers, hidden, row_of(jac, i + q), c, layer_stride, scaled + q * width);
+    const T* __restrict__ s0 = scaled;
+    const T* __restrict__ s1 = scaled + width;
+    const T* __restrict__ s2 = scaled + 2 * width;
+    const T* __restrict__ s3 = scaled + 3 * width;
+    for (int64_t j = 0; j <= std::min(i + 3, dim - 1); j += 4) {
+      const T* __restrict__ r0 = row_of(jac, j);
+      const T* __restrict__ r1 = row_of(jac, j + 1);
+      const T* __restrict__ r2 = row_of(jac, j + 2);
+      const T* __restrict__ r3 = row_of(jac, j + 3);
+      T a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
+      T a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
+#pragma omp simd simdlen(32 / sizeof(T)) \
+    reduction(+ : a00, a01, a02, a03, a10, a11, a12, a13, a20, a21, a22, a23, a30, a31, a32, a33)
       for (int64_t e = 0; e < width; ++e) {
-        a0 += a[e] * r0[e];
-        a1 += a[e] * r1[e];
-        a2 += a[e] * r2[e];
-        a3 += a[e] * r3[e];
-        b0 += b[e] * r0[e];
-        b1 += b[e] * r1[e];
-        b2 += b[e] * r2[e];
-        b3 += b[e] * r3[e];
+        const T x0 = r0[e], x1 = r1[e], x2 = r2[e], x3 = r3[e];
+        const T y0 = s0[e], y1 = s1[e], y2 = s2[e], y3 = s3[e];
+        a00 += y0 * x0, a01 += y0 * x1, a02 += y0 * x2, a03 += y0 * x3;
+        a10 += y1 * x0, a11 += y1 * x1, a12 += y1 * x2, a13 += y1 * x3;
+        a20 += y2 * x0, a21 += y2 * x1, a22 += y2 * x2, a23 += y2 * x3;
+        a30 += y3 * x0, a31 += y3 * x1, a32 += y3 * x2, a33 += y3 * x3;
       }
-      const T row_i[4] = {a0, a1, a2, a3}, row_next[4] = {b0, b1, b2, b3};
-      for (int64_t q = 0; q < 4; ++q) {
-        if (j + q <= i) hess[i * dim + j + q] = row_i[q];
-        if (pair && j + q <= i + 1) hess[(i + 1) * dim + j + q] = row_next[q];
+      const T block[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
+      for (int64_t p = 0; p < 4 && i + p < dim; ++p) {
+        for (int64_t q = 0; q < 4 && j + q <= i + p; ++q) hess[(i + p) * dim + j + q] = block[p][q];
       }
     }
   }
@@ -109,7 +106,7 @@ IVAE_CLONE_INLINE void hessian_logdet(int64_t batch, int64_t dim, int64_t layers
                     int64_t layer_stride, T alpha, T* logdet, int32_t* info, T* minv) {
   constexpr int L = kLanes<T>;
   const int64_t dd = dim * dim;
-  std::vector<T> scaled(2 * layers * hidden), hess(dd), lanes(dd * L), scratch(minv ? dd * L : 0),
+  std::vector<T> scaled(4 * layers * hidden), hess(dd), lanes(dd * L), scratch(minv ? dd * L : 0),
       inv(minv ? dd * L : 0);
   int32_t status[L];
   T lane_logdet[L];

@@ -93,7 +93,12 @@ IVAE_CLONE_INLINE void logdet_block(const IcnnPacked<T>& p, int64_t n, const T* 
         const T* __restrict__ dr = d1_k + b * hp + n0;
         T* __restrict__ out = jac + row * width + k * H + n0;
         T* __restrict__ nx = next + row * hp + n0;
-        if (real == C && !last) {  // the common case: straight to both outputs
+        if (real == C) {  // the common case: straight to the outputs
+          if (last) {
+#pragma omp simd
+            for (int c = 0; c < C; ++c) out[c] = math::jacobian_step(acc[r][c], at[c], dr[c]).jac;
+            continue;
+          }
 #pragma omp simd
           for (int c = 0; c < C; ++c) {
             const math::JacobianStep<T> s = math::jacobian_step(acc[r][c], at[c], dr[c]);
