@@ -19,6 +19,7 @@ using tile::tile_rows;
 
 // Samples per sub-block: its Jacobians ([d, K*H] each) and temporaries stay in a core's L2.
 constexpr int64_t kSubBlockBytes = 256 * 1024;
+constexpr int64_t kMinJacobianRows = 256;
 
 template <typename T>
 T* thread_workspace(int64_t elements) {  // kept between calls (see icnn_tiled.cpp)
@@ -130,7 +131,10 @@ IVAE_CLONE_INLINE void logdet_rows(const IcnnPacked<T>& p, int64_t rows, const T
                                    T* saved_s, int64_t layer_stride, T* logdet, int32_t* info, T* jac, T* minv) {
   const bool own_jacobian = jac == nullptr;
   const int64_t per_sample = workspace_size(p, 1, true) * static_cast<int64_t>(sizeof(T));
-  const int64_t block = std::clamp<int64_t>(kSubBlockBytes / per_sample, 1, 256);
+  // At least kMinJacobianRows GEMM rows (samples x d) per sub-block: below that the tiles' fixed
+  // costs show (measured at d = 64, where one sample's Jacobian is 128 KB).
+  const int64_t at_least = (kMinJacobianRows + p.dim - 1) / p.dim;
+  const int64_t block = std::clamp<int64_t>(std::max(kSubBlockBytes / per_sample, at_least), 1, 256);
   T* ws = thread_workspace<T>(workspace_size(p, std::min(block, rows), own_jacobian));
   const int64_t d = p.dim, H = p.hidden, width = p.layers * H;
   for (int64_t r = 0; r < rows; r += block) {
