@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         lambda r: f"{100 * r['fused / GEMM rate']:>12.0f}%",
     ]
     rows += list(print_table(icnn_columns, icnn_map_rows(max(5, args.rounds // 3), rate), icnn_formats))
-    print(f"icnn_map: reference = autograd double backprop; GEMM rate measured here: {rate / 1e9:.1f} GFLOP/s (fp32 1024^3)\n")
+    print(f"icnn_map: reference = autograd double backprop; GEMM rate measured here: {rate / 1e9:.1f} GFLOP/s (fp32 1024^3, best of 20)\n")
     logdet_columns = [("op", 14), ("case", 24), ("mode", 17), ("vmap/fused", 11), ("brute/fused", 12), ("GFLOP/s", 9), ("of GEMM rate", 13)]
     logdet_formats = [
         lambda r: f"{r['op']:>14}", lambda r: f"{r['case']:>24}", lambda r: f"{r['mode']:>17}",
