@@ -6,6 +6,7 @@
 #include "common/host_device.h"
 #include "cpu/brenier_rows.h"
 #include "cpu/cpu_clones.h"
+#include "cpu/thread_workspace.h"
 #include "cpu/tile_gemm.h"
 #include "math/brenier.h"
 #include "math/softplus.h"
@@ -14,19 +15,14 @@ namespace ivae::cpu {
 namespace {
 
 using tile::Product;
+
+struct BrenierTiledWorkspace;  // owner of this file's thread workspace
 using tile::tile_cols;
 using tile::tile_rows;
 
 // Samples per sub-block: its Jacobians ([d, K*H] each) and temporaries stay in a core's L2.
 constexpr int64_t kSubBlockBytes = 256 * 1024;
 constexpr int64_t kMinJacobianRows = 256;
-
-template <typename T>
-T* thread_workspace(int64_t elements) {  // kept between calls (see icnn_tiled.cpp)
-  thread_local std::vector<T> workspace;
-  if (static_cast<int64_t>(workspace.size()) < elements) workspace.resize(elements);
-  return workspace.data();
-}
 
 // Workspace for n samples: σ' [K][n][hp], c [K][n][H], the GEMM operand Jᵀ_k diag σ'(a_k) of two
 // consecutive layers [2][n*d][hp] (a tile's epilogue must not overwrite rows that the next column
@@ -135,7 +131,7 @@ IVAE_CLONE_INLINE void logdet_rows(const IcnnPacked<T>& p, int64_t rows, const T
   // costs show (measured at d = 64, where one sample's Jacobian is 128 KB).
   const int64_t at_least = (kMinJacobianRows + p.dim - 1) / p.dim;
   const int64_t block = std::clamp<int64_t>(std::max(kSubBlockBytes / per_sample, at_least), 1, 256);
-  T* ws = thread_workspace<T>(workspace_size(p, std::min(block, rows), own_jacobian));
+  T* ws = thread_workspace<BrenierTiledWorkspace, T>(workspace_size(p, std::min(block, rows), own_jacobian));
   const int64_t d = p.dim, H = p.hidden, width = p.layers * H;
   for (int64_t r = 0; r < rows; r += block) {
     const int64_t n = std::min(block, rows - r);

@@ -4,6 +4,7 @@
 
 #include "common/host_device.h"
 #include "cpu/cpu_clones.h"
+#include "cpu/thread_workspace.h"
 #include "cpu/tile_gemm.h"
 #include "math/icnn.h"
 
@@ -11,20 +12,13 @@ namespace ivae::cpu {
 namespace {
 
 using tile::Product;
+
+struct IcnnTiledWorkspace;  // owner of this file's thread workspace
 using tile::tile_cols;
 using tile::tile_rows;
 
 // Sub-blocks of rows whose temporaries take about this much: they stay in a core's L2.
 constexpr int64_t kSubBlockBytes = 512 * 1024;
-
-// A thread's workspace, kept between calls: a fresh one would be zeroed and page-faulted in on
-// every call (a measurable share of a small call).
-template <typename T>
-T* thread_workspace(int64_t elements) {
-  thread_local std::vector<T> workspace;
-  if (static_cast<int64_t>(workspace.size()) < elements) workspace.resize(elements);
-  return workspace.data();
-}
 
 int64_t sub_block_rows(int64_t bytes_per_row) {
   const int64_t rows = kSubBlockBytes / std::max<int64_t>(bytes_per_row, 1);
@@ -162,7 +156,7 @@ IVAE_CLONE_INLINE void forward_rows(const IcnnPacked<T>& p, int64_t rows, const 
                                     T* saved_s, int64_t layer_stride) {
   const int64_t K = p.layers, hp = p.hp;
   const int64_t block = sub_block_rows((2 * K + 2) * hp * static_cast<int64_t>(sizeof(T)));
-  T* ws = thread_workspace<T>((2 * K + 2) * std::min(block, rows) * hp);
+  T* ws = thread_workspace<IcnnTiledWorkspace, T>((2 * K + 2) * std::min(block, rows) * hp);
   for (int64_t r = 0; r < rows; r += block) {
     const int64_t n = std::min(block, rows - r);
     forward_block(p, n, x + r * p.dim, psi + r, grad + r * p.dim, saved_a + r * p.hidden, saved_s + r * p.hidden,
@@ -343,7 +337,7 @@ IVAE_CLONE_INLINE void backward_rows(const IcnnPacked<T>& p, int64_t rows, const
                                      std::array<bool, 6> mask, T* x_bar, IcnnPartial<T>& partial) {
   const int64_t per_row = backward_workspace(p, 1) * static_cast<int64_t>(sizeof(T));
   const int64_t block = sub_block_rows(per_row);
-  T* ws = thread_workspace<T>(backward_workspace(p, std::min(block, rows)));
+  T* ws = thread_workspace<IcnnTiledWorkspace, T>(backward_workspace(p, std::min(block, rows)));
   const int64_t d = p.dim, H = p.hidden;
   for (int64_t r = 0; r < rows; r += block) {
     const int64_t n = std::min(block, rows - r);
