@@ -88,6 +88,15 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--restarts", type=int, default=1,
                    help="train this many initialisations and keep the lowest training objective "
                         "(selection never looks at the MCC or the true sources)")
+    g.add_argument("--preprocess", choices=("whiten", "standardize", "none"), default="whiten",
+                   help="linear map fitted on x before training: PCA whitening (default; keeps a "
+                        "low-variance direction of x from falling below the decoder noise, where one "
+                        "latent would die), per-dimension standardisation, or none")
+    g.add_argument("--unmix-epochs", default="auto",
+                   help="iVAE: after these epochs (comma-separated), re-express the latents in the "
+                        "linear unmixing that maximises the per-segment factorized likelihood of the "
+                        "posterior means (a global solve of the rotation the gradient steps miss; "
+                        "needs one-hot u). 'auto': 10,20 when u is one-hot; 'none' disables")
     g.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in --out exactly where they stopped")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -98,7 +107,7 @@ TRAIN_KEYS = (
     "segment_means", "reuse_mixing", "objective", "weights", "prior", "prior_mean",
     "encoder_input", "posterior_cov", "decoder_var",
     "learn_decoder_var", "beta", "hidden", "layers", "activation", "prior_layers", "latent_dim", "epochs", "batch_size", "lr",
-    "schedule", "clip_grad", "init_seed", "restarts", "progress",
+    "schedule", "clip_grad", "init_seed", "restarts", "preprocess", "unmix_epochs", "progress",
 )
 
 QUICK = {"per_segment": 500, "epochs": 30, "restarts": 1}

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from ivae_ext.data import load_npz, make_nonlinear_ica
+from ivae_ext.data.preprocess import fit_preprocessing
 from ivae_ext.metrics import mcc
 from ivae_ext.models import IVAE, VAE
+from ivae_ext.models.unmixing import unmix_latents
 from ivae_ext.training import evaluate_loss, fit
 
 
@@ -54,6 +56,8 @@ class TrainConfig:
     clip_grad: float = 10.0
     init_seed: int = 0
     restarts: int = 1
+    preprocess: str = "whiten"  # "whiten" | "standardize" | "none": fitted on x before training
+    unmix_epochs: str = "auto"  # "auto" (10,20 with one-hot u) | "none" | comma-separated epochs
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -94,6 +98,30 @@ def load_data(cfg: TrainConfig):
     return load_npz(cfg.data)
 
 
+def segment_labels(u: np.ndarray) -> np.ndarray | None:
+    """The segment index of every row if u is one-hot (one 1, the rest 0), else None."""
+    if u.ndim != 2 or not np.all((u == 0) | (u == 1)) or not np.all(u.sum(axis=1) == 1):
+        return None
+    return u.argmax(axis=1)
+
+
+def resolve_unmix_epochs(cfg: TrainConfig, labels: np.ndarray | None) -> list[int]:
+    """The epochs after which ``unmix_latents`` runs (iVAE only; needs one-hot u)."""
+    if cfg.model != "ivae" or cfg.unmix_epochs == "none":
+        return []
+    if cfg.unmix_epochs == "auto":
+        return [e for e in (10, 20) if e < cfg.epochs] if labels is not None else []
+    try:
+        epochs = sorted({int(e) for e in cfg.unmix_epochs.split(",")})
+    except ValueError:
+        raise ValueError(f"unmix_epochs must be 'auto', 'none' or comma-separated epochs, got {cfg.unmix_epochs!r}")
+    if not all(1 <= e <= cfg.epochs for e in epochs):
+        raise ValueError(f"unmix_epochs must lie in 1..epochs={cfg.epochs}, got {cfg.unmix_epochs!r}")
+    if labels is None:
+        raise ValueError("unmix_epochs needs discrete segments: u must be one-hot (or labels in the .npz)")
+    return epochs
+
+
 def resolve_prior_mean(cfg: TrainConfig) -> bool:
     if cfg.prior_mean == "auto":
         return cfg.segment_means if cfg.data == "tcl" else True
@@ -108,8 +136,9 @@ def build_model(cfg: TrainConfig, data_dim: int, aux_dim: int, latent_dim: int):
                    posterior_cov=cfg.posterior_cov, activation=cfg.activation)
     if cfg.model == "ivae":
         prior = cfg.prior or ("laplace" if cfg.source_dist == "laplace" and cfg.data == "tcl" else "gaussian")
-        posterior = "gaussian" if cfg.objective == "weighted" else None
-        posterior_cov = cfg.posterior_cov if cfg.objective == "elbo" and prior == "gaussian" else "diag"
+        # a full covariance needs a Gaussian posterior (under a Laplace prior too: see gaussian_laplace_kl)
+        posterior_cov = cfg.posterior_cov if cfg.objective == "elbo" else "diag"
+        posterior = "gaussian" if cfg.objective == "weighted" or posterior_cov == "full" else None
         prior_mean = resolve_prior_mean(cfg)
         encoder_uses_u = cfg.encoder_input == "xu" or (cfg.encoder_input == "auto" and not prior_mean)
         return IVAE(
@@ -178,11 +207,15 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
     """Train cfg.restarts models from different initialisations, keep the one with the lowest
     training objective, and write metrics.json, sources.png and curves.png into `out`."""
     torch.set_num_threads(1)
+    torch.set_flush_denormal(True)  # tiny activations otherwise run the small MLPs several times slower
     os.makedirs(out, exist_ok=True)
     t_start = time.perf_counter()
     data = load_data(cfg)
-    x = torch.as_tensor(data.x)
+    preprocessing = fit_preprocessing(data.x, cfg.preprocess)
+    x = torch.as_tensor(preprocessing(data.x))
     u = torch.as_tensor(data.u)
+    labels = segment_labels(data.u)
+    unmix_at = resolve_unmix_epochs(cfg, labels)
     latent_dim = cfg.latent_dim or (data.s.shape[1] if data.s is not None else x.shape[1])
     runs = []
     for r in range(cfg.restarts):
@@ -191,8 +224,13 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
         model = build_model(cfg, x.shape[1], u.shape[1], latent_dim)
 
         def track_mcc(epoch, m, record):
+            changed = False
+            if epoch in unmix_at:
+                record["unmixing"] = unmix_latents(m, x, u, torch.as_tensor(labels), seed=init_seed)
+                changed = True
             if data.s is not None:
                 record["mcc"] = mcc(posterior_means(m, x, u), data.s)[0]
+            return changed
 
         ckpt = os.path.join(out, f"checkpoint_restart{r}.pt")
         has_ckpt = resume and os.path.exists(ckpt)
@@ -225,6 +263,7 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
         "train_time_s": sum(r["history"]["wall_time"] for r in runs),
         "wall_time_s": time.perf_counter() - t_start,
         "n_samples": int(len(x)),
+        "unmix_epochs": unmix_at,
         "config": asdict(cfg),
         "model_config": best["model"].config(),
     }
@@ -235,6 +274,8 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
     _plot_curves(os.path.join(out, "curves.png"), best["history"], title)
     torch.save(best["model"].state_dict(), os.path.join(out, ".model.tmp"))
     os.replace(os.path.join(out, ".model.tmp"), os.path.join(out, "model.pt"))
+    # the model reads preprocessed x: keep the map (x ↦ (x − mean) @ matrix) beside it
+    write_atomic(os.path.join(out, "preprocessing.npz"), lambda tmp: np.savez(tmp, **preprocessing.as_arrays()))
     write_json(os.path.join(out, "metrics.json"), metrics)
     return metrics
 

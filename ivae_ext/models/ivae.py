@@ -31,7 +31,9 @@ class IVAE(nn.Module):
     b·MI − c·TC − d·dimension-wise KL] with minibatch estimates of q(z).
     posterior_cov: "diag" (mean field) or "full" (Gaussian with a Cholesky factor from the encoder;
     removes the mean-field gap that biases the ELBO towards column-orthogonal decoder Jacobians). For the analytic KL the
-    posterior is of the prior's family (``posterior=None``); the weighted objective works with any.
+    posterior is of the prior's family (``posterior=None``) or Gaussian under a Laplace prior (the
+    KL is then ``gaussian_laplace_kl``, which is what lets a Laplace prior have a full-covariance
+    posterior); the weighted objective works with any.
     """
 
     def __init__(
@@ -66,9 +68,12 @@ class IVAE(nn.Module):
         if posterior_cov not in ("diag", "full"):
             raise ValueError(f"posterior_cov must be 'diag' or 'full', got {posterior_cov!r}")
         if posterior_cov == "full" and (objective != "elbo" or posterior != "gaussian"):
-            raise ValueError("a full-covariance posterior needs objective='elbo' and a Gaussian prior")
-        if objective == "elbo" and posterior != prior:
-            raise ValueError("the analytic-KL ELBO needs the posterior in the prior's family")
+            raise ValueError("a full-covariance posterior needs objective='elbo' and posterior='gaussian'")
+        if objective == "elbo" and posterior != prior and (posterior, prior) != ("gaussian", "laplace"):
+            raise ValueError(
+                f"the analytic-KL ELBO has no {posterior} posterior under a {prior} prior "
+                "(use the prior's family, or a Gaussian posterior under a Laplace prior)"
+            )
         self.data_dim, self.latent_dim, self.aux_dim = data_dim, latent_dim, aux_dim
         self.prior_family, self.posterior_family = prior, posterior
         self.prior_mean = prior_mean
@@ -145,7 +150,8 @@ class IVAE(nn.Module):
         log_px_z = gaussian_decoder_log_lik(x, self.decode(z), self.decoder_log_var)
         if self.objective == "elbo":
             return elbo_objective(
-                log_px_z, q_loc, q_log_scale, p_loc, p_log_scale, self.prior_family, self.beta, kl_extra
+                log_px_z, q_loc, q_log_scale, p_loc, p_log_scale, self.prior_family, self.beta, kl_extra,
+                q_family=self.posterior_family,
             )
         log_pz = log_density(z, p_loc, p_log_scale, self.prior_family).sum(-1)
         return weighted_objective(
