@@ -59,9 +59,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prior-mean", choices=("auto", "on", "off"), default="auto",
                    help="learn the location of p(z|u) from u (on) or fix it at 0 (off); auto: on "
                         "exactly when the synthetic data has --segment-means, on for .npz data")
-    g.add_argument("--encoder-input", choices=("auto", "xu", "x"), default="auto",
-                   help="iVAE encoder q(z|x,u) on [x, u] or q(z|x) on x alone; auto: x alone when the "
-                        "prior has a learned mean (else z can encode u instead of the sources), else [x, u]")
+    g.add_argument("--encoder-input", choices=("xu", "x"), default="xu",
+                   help="iVAE encoder q(z|x,u) on [x, u] or q(z|x) on x alone")
     g.add_argument("--decoder-var", type=float, default=0.01, help="(initial) variance of p(x|z)")
     g.add_argument("--fixed-decoder-var", dest="learn_decoder_var", action="store_false",
                    help="keep the decoder variance fixed at --decoder-var (default: learn one per dimension)")
@@ -71,8 +70,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--activation", choices=("lrelu", "elu", "silu", "tanh"), default="lrelu",
                    help="hidden nonlinearity of the encoder and decoder MLPs (lrelu: leaky ReLU, slope 0.1)")
     g.add_argument("--prior-layers", type=int, default=None,
-                   help="linear layers of the prior net λ(u) (default: --layers); 1 makes it a "
-                        "per-segment lookup table for one-hot u")
+                   help="linear layers of the prior net λ(u); 1 makes it a per-segment lookup table "
+                        "for one-hot u (default: 1 for one-hot u, else --layers)")
     g.add_argument("--latent-dim", type=int, default=None, help="latent size (default: number of sources)")
 
 

@@ -40,7 +40,7 @@ class TrainConfig:
     prior: str | None = None
     prior_mean: str = "auto"  # "on" | "off" | "auto": on iff segment means (synthetic) or user data
     posterior_cov: str = "full"
-    encoder_input: str = "auto"  # "xu" | "x" | "auto": x alone iff the prior mean is learned
+    encoder_input: str = "xu"  # "xu" | "x": the iVAE encoder sees [x, u] or x alone
     weights: tuple = (100.0, 1.0, 0.0, 10.0)
     decoder_var: float = 0.01
     learn_decoder_var: bool = True
@@ -48,7 +48,7 @@ class TrainConfig:
     hidden: int = 50
     layers: int = 3
     activation: str = "lrelu"
-    prior_layers: int | None = None
+    prior_layers: int | None = None  # None: 1 (a per-segment table) for one-hot u, else `layers`
     epochs: int = 40
     batch_size: int = 256
     lr: float = 3e-3
@@ -130,7 +130,7 @@ def resolve_prior_mean(cfg: TrainConfig) -> bool:
     return cfg.prior_mean == "on"
 
 
-def build_model(cfg: TrainConfig, data_dim: int, aux_dim: int, latent_dim: int):
+def build_model(cfg: TrainConfig, data_dim: int, aux_dim: int, latent_dim: int, one_hot_u: bool = True):
     if cfg.model == "vae":
         return VAE(data_dim, latent_dim, cfg.hidden, cfg.layers, cfg.decoder_var, cfg.learn_decoder_var, cfg.beta,
                    posterior_cov=cfg.posterior_cov, activation=cfg.activation)
@@ -140,13 +140,15 @@ def build_model(cfg: TrainConfig, data_dim: int, aux_dim: int, latent_dim: int):
         posterior_cov = cfg.posterior_cov if cfg.objective == "elbo" else "diag"
         posterior = "gaussian" if cfg.objective == "weighted" or posterior_cov == "full" else None
         prior_mean = resolve_prior_mean(cfg)
-        encoder_uses_u = cfg.encoder_input == "xu" or (cfg.encoder_input == "auto" and not prior_mean)
+        if cfg.encoder_input not in ("xu", "x"):
+            raise ValueError(f"encoder_input must be 'xu' or 'x', got {cfg.encoder_input!r}")
+        prior_layers = cfg.prior_layers or (1 if one_hot_u else cfg.layers)
         return IVAE(
             data_dim, latent_dim, aux_dim, cfg.hidden, cfg.layers, prior=prior, prior_mean=prior_mean,
             posterior=posterior, decoder_var=cfg.decoder_var, learn_decoder_var=cfg.learn_decoder_var,
             objective=cfg.objective, weights=tuple(cfg.weights), beta=cfg.beta,
-            encoder_uses_u=encoder_uses_u, posterior_cov=posterior_cov, activation=cfg.activation,
-            prior_layers=cfg.prior_layers,
+            encoder_uses_u=cfg.encoder_input == "xu", posterior_cov=posterior_cov, activation=cfg.activation,
+            prior_layers=prior_layers,
         )
     raise ValueError(f"model must be 'ivae' or 'vae', got {cfg.model!r}")
 
@@ -221,7 +223,7 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
     for r in range(cfg.restarts):
         init_seed = cfg.init_seed + r
         torch.manual_seed(init_seed)
-        model = build_model(cfg, x.shape[1], u.shape[1], latent_dim)
+        model = build_model(cfg, x.shape[1], u.shape[1], latent_dim, one_hot_u=labels is not None)
 
         def track_mcc(epoch, m, record):
             changed = False

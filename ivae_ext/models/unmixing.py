@@ -114,7 +114,8 @@ def unmix_latents(model, x: torch.Tensor, u: torch.Tensor, labels: torch.Tensor,
 
     Exact for the encoder's mean and the decoder (their last/first linear layers absorb R and c);
     the posterior covariance heads (R Σ Rᵀ) and the prior λ(u) are refitted by regression
-    (`steps` Adam steps each) to the transformed values. Returns the criterion values and fit errors.
+    (`steps` Adam steps each) to the transformed values. Returns the criterion values, the fit
+    errors, R ("matrix") and c ("centre").
     """
     labels = torch.as_tensor(labels, dtype=torch.long)
     with torch.no_grad():
@@ -159,7 +160,14 @@ def unmix_latents(model, x: torch.Tensor, u: torch.Tensor, labels: torch.Tensor,
         targets = torch.cat([seg_mean, log_var], dim=1) if model.prior_mean else log_var
         if not model.prior_mean:
             info["dropped_segment_mean_spread"] = float(seg_mean.std())
-    eye = torch.eye(n_segments, dtype=dtype)
-    errors["prior"] = _regress(model.prior_net, eye, targets, steps * 3, seed)
+    linears = [layer for layer in model.prior_net.net if isinstance(layer, nn.Linear)]
+    if len(linears) == 1:  # a per-segment lookup table: set it exactly
+        with torch.no_grad():
+            linears[0].bias.copy_(targets.mean(0))
+            linears[0].weight.copy_((targets - targets.mean(0)).T)
+        errors["prior"] = 0.0
+    else:
+        errors["prior"] = _regress(model.prior_net, torch.eye(n_segments, dtype=dtype), targets, steps * 3, seed)
     info["refit_errors"] = errors
+    info["matrix"], info["centre"] = matrix.tolist(), centre.tolist()
     return info
