@@ -156,7 +156,7 @@ def fit(
                 bar.close()
                 detail = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
                 raise NaNLossError(
-                    f"loss is {float(loss)} at epoch {epoch + 1}, batch {i + 1}/{n_batches} ({detail}); "
+                    f"loss is {float(loss.detach())} at epoch {epoch + 1}, batch {i + 1}/{n_batches} ({detail}); "
                     f"lower the learning rate (now {optimizer.param_groups[0]['lr']:.3g}) or set gradient clipping"
                 )
             optimizer.zero_grad(set_to_none=True)
