@@ -84,12 +84,8 @@ def segment_unmixing(z, labels, starts: int = 8, seed: int = 0) -> tuple[torch.T
     return best, {"criterion_before": before, "criterion_after": best_value}
 
 
-def _first_linear(mlp: nn.Module) -> nn.Linear:
-    return next(m for m in mlp.net if isinstance(m, nn.Linear))
-
-
-def _last_linear(mlp: nn.Module) -> nn.Linear:
-    return [m for m in mlp.net if isinstance(m, nn.Linear)][-1]
+def _linears(mlp: nn.Module) -> list[nn.Linear]:
+    return [m for m in mlp.net if isinstance(m, nn.Linear)]
 
 
 def _regress(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, steps: int, seed: int) -> float:
@@ -112,9 +108,10 @@ def unmix_latents(model, x: torch.Tensor, u: torch.Tensor, labels: torch.Tensor,
     """Re-express ``model`` (an IVAE) in the latent coordinates y = R (z − c) that
     ``segment_unmixing`` finds on its posterior means, c their mean.
 
-    Exact for the encoder's mean and the decoder (their last/first linear layers absorb R and c);
-    the posterior covariance heads (R Σ Rᵀ) and the prior λ(u) are refitted by regression
-    (`steps` Adam steps each) to the transformed values. Returns the criterion values, the fit
+    Exact for the encoder's mean and the decoder (their last/first linear layers absorb R and c)
+    and for a lookup-table prior (set to each segment's mean and variance of y); the posterior
+    covariance heads (R Σ Rᵀ) and an MLP prior λ(u) are refitted by regression (`steps` Adam
+    steps each; 3 × `steps` for the prior) to the transformed values. Returns the criterion values, the fit
     errors, R ("matrix") and c ("centre").
     """
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -125,11 +122,11 @@ def unmix_latents(model, x: torch.Tensor, u: torch.Tensor, labels: torch.Tensor,
         dtype = loc.dtype
         r, c = matrix.to(dtype), centre.to(dtype)
         # encoder mean: z = W h + b  ->  y = R W h + R (b − c)
-        enc = _last_linear(model.encoder_loc)
+        enc = _linears(model.encoder_loc)[-1]
         enc.weight.copy_(r @ enc.weight)
         enc.bias.copy_(r @ (enc.bias - c))
         # decoder: W1 z + b1 with z = R⁻¹ y + c  ->  (W1 R⁻¹) y + (b1 + W1 c)
-        dec = _first_linear(model.decoder)
+        dec = _linears(model.decoder)[0]
         r_inv = torch.linalg.inv(matrix).to(dtype)
         dec.bias.copy_(dec.bias + dec.weight @ c)
         dec.weight.copy_(dec.weight @ r_inv)
@@ -160,7 +157,7 @@ def unmix_latents(model, x: torch.Tensor, u: torch.Tensor, labels: torch.Tensor,
         targets = torch.cat([seg_mean, log_var], dim=1) if model.prior_mean else log_var
         if not model.prior_mean:
             info["dropped_segment_mean_spread"] = float(seg_mean.std())
-    linears = [layer for layer in model.prior_net.net if isinstance(layer, nn.Linear)]
+    linears = _linears(model.prior_net)
     if len(linears) == 1:  # a per-segment lookup table: set it exactly
         with torch.no_grad():
             linears[0].bias.copy_(targets.mean(0))
