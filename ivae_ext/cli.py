@@ -9,7 +9,12 @@ RAW = argparse.RawDescriptionHelpFormatter
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, RAW):
-    pass
+    """Shows defaults, except for on/off flags, whose help says what the default is."""
+
+    def _get_help_string(self, action):
+        if action.nargs == 0:  # store_true / store_false / help: "(default: True)" would mislead
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _weights(text: str) -> tuple:
@@ -96,6 +101,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "linear unmixing that maximises the per-segment factorized likelihood of the "
                         "posterior means (a global solve of the rotation the gradient steps miss; "
                         "needs one-hot u). 'auto': 10,20 when u is one-hot; 'none' disables")
+    g.add_argument("--pretrain-epochs", default="auto",
+                   help="iVAE: first train the encoder mean and the prior for this many epochs to "
+                        "classify each point's segment with the prior (contrastive initialisation; "
+                        "needs one-hot u), then fit the decoder, then the ELBO. 'auto': 30 when u is "
+                        "one-hot and the prior has a learned mean, else 0")
     g.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in --out exactly where they stopped")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -106,7 +116,8 @@ TRAIN_KEYS = (
     "segment_means", "reuse_mixing", "objective", "weights", "prior", "prior_mean",
     "encoder_input", "posterior_cov", "decoder_var",
     "learn_decoder_var", "beta", "hidden", "layers", "activation", "prior_layers", "latent_dim", "epochs", "batch_size", "lr",
-    "schedule", "clip_grad", "init_seed", "restarts", "preprocess", "unmix_epochs", "progress",
+    "schedule", "clip_grad", "init_seed", "restarts", "preprocess", "unmix_epochs", "pretrain_epochs",
+    "progress",
 )
 
 QUICK = {"per_segment": 500, "epochs": 30, "restarts": 1}

@@ -18,6 +18,7 @@ from ivae_ext.data import load_npz, make_nonlinear_ica
 from ivae_ext.data.preprocess import fit_preprocessing
 from ivae_ext.metrics import mcc
 from ivae_ext.models import IVAE, VAE
+from ivae_ext.models.contrastive import contrastive_pretrain
 from ivae_ext.models.unmixing import unmix_latents
 from ivae_ext.training import evaluate_loss, fit
 
@@ -58,6 +59,7 @@ class TrainConfig:
     restarts: int = 1
     preprocess: str = "whiten"  # "whiten" | "standardize" | "none": fitted on x before training
     unmix_epochs: str = "auto"  # "auto" (10,20 with one-hot u) | "none" | comma-separated epochs
+    pretrain_epochs: str = "auto"  # "auto" (30 with one-hot u and a prior mean) | an int (0: none)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -119,6 +121,27 @@ def resolve_unmix_epochs(cfg: TrainConfig, labels: np.ndarray | None) -> list[in
         raise ValueError(f"unmix_epochs must lie in 1..epochs={cfg.epochs}, got {cfg.unmix_epochs!r}")
     if labels is None:
         raise ValueError("unmix_epochs needs discrete segments: u must be one-hot (or labels in the .npz)")
+    return epochs
+
+
+def resolve_pretrain_epochs(cfg: TrainConfig, labels: np.ndarray | None) -> int:
+    """Epochs of ``contrastive_pretrain`` before the ELBO training (iVAE only; needs one-hot u).
+
+    auto: 30 when u is one-hot and the prior has a learned location, else 0 (with zero-mean
+    segments the classifier only sees |z|; see ivae_ext.models.contrastive).
+    """
+    if cfg.model != "ivae":
+        return 0
+    if str(cfg.pretrain_epochs) == "auto":
+        return 30 if labels is not None and resolve_prior_mean(cfg) else 0
+    try:
+        epochs = int(cfg.pretrain_epochs)
+    except ValueError:
+        raise ValueError(f"pretrain_epochs must be 'auto' or an integer >= 0, got {cfg.pretrain_epochs!r}")
+    if epochs < 0:
+        raise ValueError(f"pretrain_epochs must be 'auto' or an integer >= 0, got {cfg.pretrain_epochs!r}")
+    if epochs and labels is None:
+        raise ValueError("pretrain_epochs needs discrete segments: u must be one-hot (or labels in the .npz)")
     return epochs
 
 
@@ -218,12 +241,24 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
     u = torch.as_tensor(data.u)
     labels = segment_labels(data.u)
     unmix_at = resolve_unmix_epochs(cfg, labels)
+    pretrain_epochs = resolve_pretrain_epochs(cfg, labels)
     latent_dim = cfg.latent_dim or (data.s.shape[1] if data.s is not None else x.shape[1])
     runs = []
     for r in range(cfg.restarts):
         init_seed = cfg.init_seed + r
         torch.manual_seed(init_seed)
         model = build_model(cfg, x.shape[1], u.shape[1], latent_dim, one_hot_u=labels is not None)
+        ckpt = os.path.join(out, f"checkpoint_restart{r}.pt")
+        has_ckpt = resume and os.path.exists(ckpt)
+        pretrain_record = os.path.join(out, f"pretraining_restart{r}.json")
+        pretraining = None
+        if pretrain_epochs and has_ckpt and os.path.exists(pretrain_record):
+            with open(pretrain_record) as f:  # the checkpoint already holds the pretrained-then-trained state
+                pretraining = json.load(f)
+        elif pretrain_epochs and not has_ckpt:
+            pretraining = contrastive_pretrain(model, x, u, epochs=pretrain_epochs, batch_size=cfg.batch_size,
+                                               seed=init_seed, progress=cfg.progress)
+            write_json(pretrain_record, pretraining)
 
         def track_mcc(epoch, m, record):
             changed = False
@@ -236,15 +271,14 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
                 record["mcc"] = mcc(posterior_means(m, x, u), data.s)[0]
             return changed
 
-        ckpt = os.path.join(out, f"checkpoint_restart{r}.pt")
-        has_ckpt = resume and os.path.exists(ckpt)
         history = fit(
             model, x, u if cfg.model == "ivae" else None, epochs=cfg.epochs, batch_size=cfg.batch_size,
             lr=cfg.lr, schedule=cfg.schedule, clip_grad=cfg.clip_grad, seed=init_seed, checkpoint=ckpt,
             resume=has_ckpt, progress=cfg.progress, on_epoch_end=track_mcc,
         )
         final = evaluate_loss(model, x, u if cfg.model == "ivae" else None)
-        run = {"init_seed": init_seed, "final_loss_terms": final, "history": history, "model": model}
+        run = {"init_seed": init_seed, "final_loss_terms": final, "history": history, "model": model,
+               "pretraining": pretraining}
         if data.s is not None:
             run["mcc"] = mcc(posterior_means(model, x, u), data.s)[0]
         runs.append(run)
@@ -264,13 +298,16 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
             for r in runs
         ],
         "history": best["history"]["epochs"],
+        "pretraining": best["pretraining"],
         "train_time_s": sum(
             r["history"]["wall_time"] + sum(e.get("unmixing", {}).get("seconds", 0.0) for e in r["history"]["epochs"])
+            + (r["pretraining"]["seconds"] if r["pretraining"] else 0.0)
             for r in runs
         ),
         "wall_time_s": time.perf_counter() - t_start,
         "n_samples": int(len(x)),
         "unmix_epochs": unmix_at,
+        "pretrain_epochs": pretrain_epochs,
         "config": asdict(cfg),
         "model_config": best["model"].config(),
     }

@@ -53,6 +53,27 @@ class MLP(nn.Module):
         return self.net(h)
 
 
+def linear_layers(mlp: MLP) -> list[nn.Linear]:
+    """The linear maps of an MLP, first layer first."""
+    return [m for m in mlp.net if isinstance(m, nn.Linear)]
+
+
+def regress(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, steps: int, seed: int) -> float:
+    """Fit module(inputs) ≈ targets by Adam (lr 1e-3, minibatches of ≤ 1024 drawn with `seed`) on the
+    mean squared error; returns the last minibatch's error."""
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    batch = min(1024, len(inputs))
+    loss = torch.zeros(())
+    for _ in range(steps):
+        idx = torch.randint(0, len(inputs), (batch,), generator=gen)
+        loss = ((module(inputs[idx]) - targets[idx]) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
 def add_cholesky_head(module: nn.Module, in_dim: int, latent_dim: int, hidden_dim: int, n_layers: int, slope: float,
                       activation: str = "lrelu") -> None:
     """`module.encoder_tril`: the strictly lower Cholesky entries of q's covariance, zero at init."""

@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
+
+from ivae_ext.models.nets import linear_layers, regress
 
 
 def segment_covariances(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,25 +85,6 @@ def segment_unmixing(z, labels, starts: int = 8, seed: int = 0) -> tuple[torch.T
     return best, {"criterion_before": before, "criterion_after": best_value}
 
 
-def _linears(mlp: nn.Module) -> list[nn.Linear]:
-    return [m for m in mlp.net if isinstance(m, nn.Linear)]
-
-
-def _regress(module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, steps: int, seed: int) -> float:
-    """Fit module(inputs) ≈ targets by Adam on the mean squared error; returns the final error."""
-    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    batch = min(1024, len(inputs))
-    loss = torch.zeros(())
-    for _ in range(steps):
-        idx = torch.randint(0, len(inputs), (batch,), generator=gen)
-        loss = ((module(inputs[idx]) - targets[idx]) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return float(loss.detach())
-
-
 def unmix_latents(model, x: torch.Tensor, u: torch.Tensor, labels: torch.Tensor, steps: int = 300,
                   seed: int = 0) -> dict:
     """Re-express ``model`` (an IVAE) in the latent coordinates y = R (z − c) that
@@ -122,11 +104,11 @@ def unmix_latents(model, x: torch.Tensor, u: torch.Tensor, labels: torch.Tensor,
         dtype = loc.dtype
         r, c = matrix.to(dtype), centre.to(dtype)
         # encoder mean: z = W h + b  ->  y = R W h + R (b − c)
-        enc = _linears(model.encoder_loc)[-1]
+        enc = linear_layers(model.encoder_loc)[-1]
         enc.weight.copy_(r @ enc.weight)
         enc.bias.copy_(r @ (enc.bias - c))
         # decoder: W1 z + b1 with z = R⁻¹ y + c  ->  (W1 R⁻¹) y + (b1 + W1 c)
-        dec = _linears(model.decoder)[0]
+        dec = linear_layers(model.decoder)[0]
         r_inv = torch.linalg.inv(matrix).to(dtype)
         dec.bias.copy_(dec.bias + dec.weight @ c)
         dec.weight.copy_(dec.weight @ r_inv)
@@ -140,10 +122,10 @@ def unmix_latents(model, x: torch.Tensor, u: torch.Tensor, labels: torch.Tensor,
         new_log_diag = torch.log(torch.diagonal(new_chol, dim1=1, dim2=2))
         y = loc @ r.T - c @ r.T
     enc_in = torch.cat([x, u], dim=1) if model.encoder_uses_u else x
-    errors = {"log_var_head": _regress(model.encoder_log_var, enc_in, 2 * new_log_diag, steps, seed)}
+    errors = {"log_var_head": regress(model.encoder_log_var, enc_in, 2 * new_log_diag, steps, seed)}
     if chol is not None:
         rows, cols = model._tril_index
-        errors["cholesky_head"] = _regress(model.encoder_tril, enc_in, new_chol[:, rows, cols], steps, seed)
+        errors["cholesky_head"] = regress(model.encoder_tril, enc_in, new_chol[:, rows, cols], steps, seed)
     # prior: each segment's mean and variance of y (posterior means plus posterior variance)
     with torch.no_grad():
         n_segments = u.shape[1]
@@ -157,14 +139,14 @@ def unmix_latents(model, x: torch.Tensor, u: torch.Tensor, labels: torch.Tensor,
         targets = torch.cat([seg_mean, log_var], dim=1) if model.prior_mean else log_var
         if not model.prior_mean:
             info["dropped_segment_mean_spread"] = float(seg_mean.std())
-    linears = _linears(model.prior_net)
+    linears = linear_layers(model.prior_net)
     if len(linears) == 1:  # a per-segment lookup table: set it exactly
         with torch.no_grad():
             linears[0].bias.copy_(targets.mean(0))
             linears[0].weight.copy_((targets - targets.mean(0)).T)
         errors["prior"] = 0.0
     else:
-        errors["prior"] = _regress(model.prior_net, torch.eye(n_segments, dtype=dtype), targets, steps * 3, seed)
+        errors["prior"] = regress(model.prior_net, torch.eye(n_segments, dtype=dtype), targets, steps * 3, seed)
     info["refit_errors"] = errors
     info["matrix"], info["centre"] = matrix.tolist(), centre.tolist()
     return info
