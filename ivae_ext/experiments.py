@@ -16,6 +16,7 @@ import torch
 
 from ivae_ext.data import load_npz, make_nonlinear_ica
 from ivae_ext.data.preprocess import fit_preprocessing
+from ivae_ext.data.segments import segment_labels
 from ivae_ext.metrics import mcc
 from ivae_ext.models import IVAE, VAE
 from ivae_ext.models.contrastive import contrastive_pretrain
@@ -98,13 +99,6 @@ def load_data(cfg: TrainConfig):
             reuse_matrix=cfg.reuse_mixing, seed=cfg.seed,
         )
     return load_npz(cfg.data)
-
-
-def segment_labels(u: np.ndarray) -> np.ndarray | None:
-    """The segment index of every row if u is one-hot (one 1, the rest 0), else None."""
-    if u.ndim != 2 or not np.all((u == 0) | (u == 1)) or not np.all(u.sum(axis=1) == 1):
-        return None
-    return u.argmax(axis=1)
 
 
 def resolve_unmix_epochs(cfg: TrainConfig, labels: np.ndarray | None) -> list[int]:

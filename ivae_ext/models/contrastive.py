@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from ivae_ext.data.segments import segment_labels
 from ivae_ext.models.nets import linear_layers, log_density, regress
 
 
@@ -42,9 +43,10 @@ def segment_logits(model, z: torch.Tensor, log_frequency: torch.Tensor) -> torch
 def _one_hot_labels(u: torch.Tensor, n: int) -> torch.Tensor:
     if u.ndim != 2 or u.shape[0] != n:
         raise ValueError(f"u must be [N, M] one-hot with N = {n} rows like x, got shape {tuple(u.shape)}")
-    if not bool(((u == 0) | (u == 1)).all()) or not bool((u.sum(1) == 1).all()):
+    labels = segment_labels(u.detach().cpu().numpy())
+    if labels is None:
         raise ValueError("contrastive pretraining needs discrete segments: every row of u must be one-hot")
-    return u.argmax(1)
+    return torch.as_tensor(labels, device=u.device)
 
 
 def contrastive_pretrain(model, x: torch.Tensor, u: torch.Tensor, *, epochs: int = 30, batch_size: int = 256,
