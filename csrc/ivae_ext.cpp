@@ -37,6 +37,19 @@ TORCH_LIBRARY(ivae_ext, m) {
       "brenier_logdet_backward(Tensor grad_logdet, Tensor x, Tensor A, Tensor b, Tensor W, "
       "Tensor w, Tensor alpha, Tensor saved, Tensor jac, Tensor minv, bool[6] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Aggregate posterior of N factorized posteriors at B codes, streamed over the N components
+  // (no [B, N] or [B, N, d] buffer): log_qz [B] = log (1/N) Σ_j Π_k q(z_ik | x_j) and, when
+  // with_marginals, log_qz_marginals [B, d] = log (1/N) Σ_j q(z_ik | x_j) (else empty [0]).
+  m.def(
+      "aggregate_log_q(Tensor z, Tensor q_loc, Tensor q_log_scale, str family, bool with_marginals) "
+      "-> (Tensor log_qz, Tensor log_qz_marginals)");
+  // Gradients of Σ grad_log_qz·log_qz + Σ grad_log_qz_marginals·log_qz_marginals (absent
+  // gradients count as zero) for (z, q_loc, q_log_scale) flagged in output_mask; the others come
+  // back empty. The softmax weights over j are recomputed from the forward's outputs.
+  m.def(
+      "aggregate_log_q_backward(Tensor? grad_log_qz, Tensor? grad_log_qz_marginals, Tensor z, "
+      "Tensor q_loc, Tensor q_log_scale, Tensor log_qz, Tensor log_qz_marginals, str family, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }
 
 #ifdef IVAE_PYTHON_MODULE

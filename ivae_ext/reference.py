@@ -7,6 +7,8 @@ calls the compiled extension.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 FAMILIES = ("gaussian", "laplace")
@@ -100,3 +102,26 @@ def brenier_logdet_bruteforce(x, A, b, W, w, alpha) -> torch.Tensor:
         rows = [torch.autograd.grad(grad[:, j].sum(), x_in, create_graph=True)[0] for j in range(x.shape[1])]
     sign, logabsdet = torch.linalg.slogdet(torch.stack(rows, dim=1))
     return torch.where(sign > 0, logabsdet, torch.full_like(logabsdet, float("nan")))
+
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def component_log_density(z, loc, log_scale, family: str = "gaussian") -> torch.Tensor:
+    """Elementwise log-density of N(loc, e^{2ℓ}) or Laplace(loc, e^ℓ) at z (broadcasting)."""
+    if family == "gaussian":
+        return -_HALF_LOG_2PI - log_scale - 0.5 * ((z - loc) * torch.exp(-log_scale)) ** 2
+    if family == "laplace":
+        return -math.log(2.0) - log_scale - (z - loc).abs() * torch.exp(-log_scale)
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+
+def aggregate_log_q(z, q_loc, q_log_scale, family: str = "gaussian"):
+    """(log q(z_i) [B], log q(z_ik) [B, d]) of the mixture q = (1/N) Σ_j q(·|x_j), the way the
+    field computes it: the pairwise tensor log q(z_ik | x_j) of shape [B, N, d], then logsumexp
+    over j. Costs B·N·d memory (and autograd keeps several such tensors)."""
+    pairwise = component_log_density(z.unsqueeze(1), q_loc.unsqueeze(0), q_log_scale.unsqueeze(0), family)
+    log_n = math.log(q_loc.shape[0])
+    log_qz = torch.logsumexp(pairwise.sum(-1), dim=1) - log_n
+    log_qz_marginals = torch.logsumexp(pairwise, dim=1) - log_n
+    return log_qz, log_qz_marginals

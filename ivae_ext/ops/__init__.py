@@ -1,8 +1,9 @@
 """Fused ops. Each wrapper validates nothing twice: the C++ kernels check real tensors, the
 fake kernels (and the reference fallback) check with the same messages."""
 
+from ivae_ext.ops.aggregate_log_q import aggregate_log_q
 from ivae_ext.ops.brenier_logdet import brenier_logdet, brenier_map_logdet
 from ivae_ext.ops.expfam_kl import expfam_kl
 from ivae_ext.ops.icnn_map import icnn_map
 
-__all__ = ["brenier_logdet", "brenier_map_logdet", "expfam_kl", "icnn_map"]
+__all__ = ["aggregate_log_q", "brenier_logdet", "brenier_map_logdet", "expfam_kl", "icnn_map"]
