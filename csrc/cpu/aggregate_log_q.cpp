@@ -173,15 +173,15 @@ std::array<at::Tensor, 3> backward_kernel(const AggregateLogQArgs& a, const Aggr
     });
   }
   std::array<at::Tensor, 3> grads;
-  const at::Tensor none = at::empty({0}, opts);
-  grads[0] = mask[0] ? (p.col_chunks == 1 ? grad_z_parts.select(0, 0) : at::sum(grad_z_parts, {0})) : none;
+  auto none = [&] { return at::empty({0}, opts); };  // one each: outputs must not alias
+  grads[0] = mask[0] ? (p.col_chunks == 1 ? grad_z_parts.select(0, 0) : at::sum(grad_z_parts, {0})) : none();
   if (want_q) {
     const at::Tensor total = grad_q_parts.size(0) == 1 ? grad_q_parts.select(0, 0) : at::sum(grad_q_parts, {0});
-    grads[1] = mask[1] ? total.select(0, 0).t().contiguous() : none;
-    grads[2] = mask[2] ? total.select(0, 1).t().contiguous() : none;
+    grads[1] = mask[1] ? total.select(0, 0).t().contiguous() : none();
+    grads[2] = mask[2] ? total.select(0, 1).t().contiguous() : none();
   } else {
-    grads[1] = none;
-    grads[2] = none;
+    grads[1] = none();
+    grads[2] = none();
   }
   return grads;
 }
