@@ -11,7 +11,7 @@ import math
 import torch
 
 from ivae_ext.models.nets import log_density
-from ivae_ext.ops import expfam_kl
+from ivae_ext.ops import aggregate_log_q, expfam_kl
 
 
 def elbo_objective(log_px_z, q_loc, q_log_scale, p_loc, p_log_scale, family: str, beta: float = 1.0,
@@ -53,15 +53,13 @@ def gaussian_laplace_kl(q_loc, q_log_scale, p_loc, p_log_scale):
 def minibatch_log_q(z, q_loc, q_log_scale, family: str, dataset_size: int):
     """Minibatch-weighted estimates of log q(z) and Σ_j log q(z_j) at each sample z_i, [B] each.
 
-    log q(z_i) ≈ logsumexp_k log q(z_i | x_k) − log(B·N), and per dimension likewise.
+    log q(z_i) ≈ logsumexp_k log q(z_i | x_k) − log(B·N), and per dimension likewise (β-TCVAE's
+    minibatch-weighted sampling; N = dataset_size). The mixture over the batch's posteriors is
+    the fused ``aggregate_log_q`` (its outputs carry the −log B; the −log N is added here).
     """
-    batch = z.shape[0]
-    # [B, B, d]: log q(z_i,j | x_k) for sample i, data point k, dimension j
-    pairwise = log_density(z.unsqueeze(1), q_loc.unsqueeze(0), q_log_scale.unsqueeze(0), family)
-    log_norm = math.log(batch * max(dataset_size, 1))
-    log_qz = torch.logsumexp(pairwise.sum(-1), dim=1) - log_norm
-    log_qz_marginals = (torch.logsumexp(pairwise, dim=1) - log_norm).sum(-1)
-    return log_qz, log_qz_marginals
+    log_qz, log_qz_marginals = aggregate_log_q(z, q_loc, q_log_scale, family)
+    log_dataset = math.log(max(dataset_size, 1))
+    return log_qz - log_dataset, (log_qz_marginals - log_dataset).sum(-1)
 
 
 def weighted_objective(
