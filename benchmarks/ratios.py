@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import aggregate_log_q_cases as agg  # noqa: E402
 import expfam_kl_cases as kl  # noqa: E402
 import brenier_logdet_cases as logdet  # noqa: E402
 import icnn_map_cases as icnn  # noqa: E402
@@ -84,6 +85,30 @@ def brenier_logdet_rows(rounds: int, gemm_flops_per_s: float):
         }
 
 
+def aggregate_log_q_rows(rounds: int, gemm_flops_per_s: float):
+    impls = agg.implementations()
+    for batch, comps, dim in agg.SIZES:
+        for mode in agg.MODES:
+            inputs = agg.make_inputs(batch, comps, dim, mode != "forward")
+            steps = {name: agg.step(fn, inputs, mode) for name, fn in impls.items()}
+            eager_rounds = max(3, rounds // 10) if batch * comps * dim > 10**7 else rounds
+            times = median_times({k: v for k, v in steps.items() if k != "reference (eager)"}, rounds, warmup=2)
+            times.update(median_times({"reference (eager)": steps["reference (eager)"]}, eager_rounds, warmup=1))
+            pair_dims = batch * comps * dim / times["fused"]
+            ops = agg.MIN_OPS[mode]
+            yield {
+                "op": "aggregate_log_q",
+                "case": f"B={batch} N={comps} d={dim}",
+                "mode": mode,
+                "eager / fused": times["reference (eager)"] / times["fused"],
+                "compiled reference / fused": times["reference (compiled)"] / times["fused"],
+                "compiled plain formula / fused": times["plain formula (compiled)"] / times["fused"],
+                "fused G pair-dims/s": pair_dims / 1e9,
+                # FMA-equivalents per second at the minimum count (an exp ~ 10 FMAs in float32)
+                "fused / GEMM rate": pair_dims * (10 * ops["exp"] + ops["fma"]) * 2 / gemm_flops_per_s,
+            }
+
+
 def print_table(title_columns, rows, formats):
     header = " ".join(f"{name:>{width}}" for name, width in title_columns)
     print(header)
@@ -97,39 +122,58 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="timed calls per implementation (median)")
     parser.add_argument("--out", help="also write the rows as JSON to this file (atomically)")
+    parser.add_argument("--only", choices=("expfam_kl", "icnn_map", "brenier_logdet", "aggregate_log_q"),
+                        help="measure one op's rows only")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"threads: {torch.get_num_threads()}; measuring copy bandwidth ...", flush=True)
+    def want(op):
+        return args.only in (None, op)
+
+    print(f"threads: {torch.get_num_threads()}; measuring copy bandwidth and GEMM rate ...", flush=True)
     bandwidth = measure_copy_bandwidth()
-    rows = []
-    kl_columns = [("op", 10), ("case", 16), ("mode", 17), ("eager/fused", 12), ("compiled/fused", 15), ("fused/floor", 12)]
-    kl_formats = [
-        lambda r: f"{r['op']:>10}", lambda r: f"{r['case']:>16}", lambda r: f"{r['mode']:>17}",
-        lambda r: f"{r['eager / fused']:>11.2f}x", lambda r: f"{r['compiled / fused']:>14.2f}x",
-        lambda r: f"{r['fused / bandwidth floor']:>11.2f}x",
-    ]
-    rows += list(print_table(kl_columns, expfam_kl_rows(args.rounds, bandwidth), kl_formats))
-    print("expfam_kl: fused/floor = fused time / (bytes that must move / copy bandwidth)\n")
     rate = icnn.gemm_rate()
-    icnn_columns = [("op", 10), ("case", 24), ("mode", 17), ("ref/fused", 10), ("GFLOP/s", 9), ("of GEMM rate", 13)]
-    icnn_formats = [
-        lambda r: f"{r['op']:>10}", lambda r: f"{r['case']:>24}", lambda r: f"{r['mode']:>17}",
-        lambda r: f"{r['reference / fused']:>9.2f}x", lambda r: f"{r['fused GFLOP/s']:>9.1f}",
-        lambda r: f"{100 * r['fused / GEMM rate']:>12.0f}%",
-    ]
-    rows += list(print_table(icnn_columns, icnn_map_rows(max(5, args.rounds // 3), rate), icnn_formats))
-    print(f"icnn_map: reference = autograd double backprop; GEMM rate measured here: {rate / 1e9:.1f} GFLOP/s (fp32 1024^3, best of 20)\n")
-    logdet_columns = [("op", 14), ("case", 24), ("mode", 17), ("vmap/fused", 11), ("brute/fused", 12), ("GFLOP/s", 9), ("of GEMM rate", 13)]
-    logdet_formats = [
-        lambda r: f"{r['op']:>14}", lambda r: f"{r['case']:>24}", lambda r: f"{r['mode']:>17}",
-        lambda r: f"{r['vmap(hessian) / fused']:>10.2f}x", lambda r: f"{r['brute force / fused']:>11.2f}x",
-        lambda r: f"{r['fused GFLOP/s']:>9.1f}", lambda r: f"{100 * r['fused / GEMM rate']:>12.0f}%",
-    ]
-    rows += list(print_table(logdet_columns, brenier_logdet_rows(max(5, args.rounds // 3), rate), logdet_formats))
-    print("brenier_logdet: forward+backward compares autograd through vmap(hessian)+slogdet; GFLOP/s counts "
-          "2B[(K-1)H²d + KHd²] + Bd³/3 (nan: not measured for that row)")
+    rows = []
+    if want("expfam_kl"):
+        kl_columns = [("op", 10), ("case", 16), ("mode", 17), ("eager/fused", 12), ("compiled/fused", 15), ("fused/floor", 12)]
+        kl_formats = [
+            lambda r: f"{r['op']:>10}", lambda r: f"{r['case']:>16}", lambda r: f"{r['mode']:>17}",
+            lambda r: f"{r['eager / fused']:>11.2f}x", lambda r: f"{r['compiled / fused']:>14.2f}x",
+            lambda r: f"{r['fused / bandwidth floor']:>11.2f}x",
+        ]
+        rows += list(print_table(kl_columns, expfam_kl_rows(args.rounds, bandwidth), kl_formats))
+        print("expfam_kl: fused/floor = fused time / (bytes that must move / copy bandwidth)\n")
+    if want("icnn_map"):
+        icnn_columns = [("op", 10), ("case", 24), ("mode", 17), ("ref/fused", 10), ("GFLOP/s", 9), ("of GEMM rate", 13)]
+        icnn_formats = [
+            lambda r: f"{r['op']:>10}", lambda r: f"{r['case']:>24}", lambda r: f"{r['mode']:>17}",
+            lambda r: f"{r['reference / fused']:>9.2f}x", lambda r: f"{r['fused GFLOP/s']:>9.1f}",
+            lambda r: f"{100 * r['fused / GEMM rate']:>12.0f}%",
+        ]
+        rows += list(print_table(icnn_columns, icnn_map_rows(max(5, args.rounds // 3), rate), icnn_formats))
+        print(f"icnn_map: reference = autograd double backprop; GEMM rate measured here: {rate / 1e9:.1f} GFLOP/s (fp32 1024^3, best of 20)\n")
+    if want("brenier_logdet"):
+        logdet_columns = [("op", 14), ("case", 24), ("mode", 17), ("vmap/fused", 11), ("brute/fused", 12), ("GFLOP/s", 9), ("of GEMM rate", 13)]
+        logdet_formats = [
+            lambda r: f"{r['op']:>14}", lambda r: f"{r['case']:>24}", lambda r: f"{r['mode']:>17}",
+            lambda r: f"{r['vmap(hessian) / fused']:>10.2f}x", lambda r: f"{r['brute force / fused']:>11.2f}x",
+            lambda r: f"{r['fused GFLOP/s']:>9.1f}", lambda r: f"{100 * r['fused / GEMM rate']:>12.0f}%",
+        ]
+        rows += list(print_table(logdet_columns, brenier_logdet_rows(max(5, args.rounds // 3), rate), logdet_formats))
+        print("brenier_logdet: forward+backward compares autograd through vmap(hessian)+slogdet; GFLOP/s counts "
+              "2B[(K-1)H²d + KHd²] + Bd³/3 (nan: not measured for that row)\n")
+    if want("aggregate_log_q"):
+        agg_columns = [("op", 15), ("case", 20), ("mode", 17), ("eager/fused", 12), ("cref/fused", 11), ("cplain/fused", 13), ("Gpair-d/s", 10), ("of GEMM", 8)]
+        agg_formats = [
+            lambda r: f"{r['op']:>15}", lambda r: f"{r['case']:>20}", lambda r: f"{r['mode']:>17}",
+            lambda r: f"{r['eager / fused']:>11.1f}x", lambda r: f"{r['compiled reference / fused']:>10.1f}x",
+            lambda r: f"{r['compiled plain formula / fused']:>12.1f}x", lambda r: f"{r['fused G pair-dims/s']:>10.2f}",
+            lambda r: f"{100 * r['fused / GEMM rate']:>7.0f}%",
+        ]
+        rows += list(print_table(agg_columns, aggregate_log_q_rows(max(5, args.rounds // 3), rate), agg_formats))
+        print("aggregate_log_q: cref = torch.compile(reference), cplain = torch.compile(plain Gaussian formula); of GEMM = "
+              "(pair-dims/s x minimum FMA-equivalents per pair-dim, an exp counted as 10) / GEMM FMA rate")
     print("all ratios are medians of interleaved calls in this one process")
     if args.out:
         directory = os.path.dirname(os.path.abspath(args.out))
