@@ -465,7 +465,7 @@ void launch_aggregate_log_q_forward(math::ExpFamily family, int64_t batch, int64
       IVAE_LAUNCH_KERNEL((aggregate_forward_partial_kernel<ExpFamily::Laplace, false, T>), grid, block, 0, stream, p);
     }
   }
-  const T log_n = static_cast<T>(std::log(static_cast<double>(components)));
+  const T log_n = std::log(static_cast<T>(components));  // as the CPU op
   IVAE_LAUNCH_KERNEL((aggregate_forward_finish_kernel<T>), dim3(blocks_for(batch)), dim3(kThreads), 0, stream,
                      s.chunks, batch, int64_t{1}, p.joint_parts, log_n, log_qz);
   if (marginals != nullptr && dim > 0) {
@@ -560,7 +560,7 @@ void launch_aggregate_log_q_backward(math::ExpFamily family, const BackwardInput
                                in.z,
                                in.q_loc,
                                in.q_log_scale,
-                               static_cast<T>(std::log(static_cast<double>(in.components))),
+                               std::log(static_cast<T>(in.components)),
                                in.log_qz,
                                in.grad_log_qz,
                                in.log_qz_marginals,
