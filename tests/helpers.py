@@ -48,3 +48,12 @@ def icnn_inputs(batch, dim, hidden, layers, dtype=torch.float64, device="cpu", s
         rand(hidden, scale=2.0 / hidden, positive=True),
         torch.tensor(alpha, dtype=dtype, device=device, requires_grad=True),
     ]
+
+
+def call_with_fake_tensors(op, tensors, *rest):
+    """op(*tensors, *rest) on fake copies of the tensors: runs the op's fake kernel (the shape and
+    argument checks torch.compile/export see) instead of the real one."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        return op(*[mode.from_tensor(t) for t in tensors], *rest)
