@@ -188,6 +188,12 @@ def test_gradcheck(family, which):
     assert torch.autograd.gradcheck(fn, args)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradcheck_without_marginals(family):
+    args = inputs(5, 4, 3, seed=4)
+    assert torch.autograd.gradcheck(lambda *t: aggregate_log_q(*t, family, with_marginals=False)[0], args)
+
+
 def test_double_backward_is_a_clear_error():
     z, loc, log_scale = inputs(4, 3, 2)
     (grad,) = torch.autograd.grad(aggregate_log_q(z, loc, log_scale)[0].sum(), z, create_graph=True)
