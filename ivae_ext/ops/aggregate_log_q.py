@@ -83,6 +83,10 @@ def aggregate_log_q(
     over j from the outputs. Gradients flow to z, q_loc and q_log_scale from either output or
     both. Finite inputs give finite outputs however far apart the points are. NaN in z gives
     NaN in that row; NaN in a component gives NaN everywhere. float32/float64, CPU and CUDA.
+    In float32 the gradients' relative error grows with |log q| (the softmax weights come from
+    differences of log-densities of that size): measured 1e-6 at |log q| ≈ 50 and 1e-5 at 130,
+    the same as the float32 reference; for codes hundreds of scales away from every component
+    (|log q| in the thousands and more) use float64.
 
     Estimators built on it (callers add their constants; M = batch size, N_data = dataset size):
 
