@@ -296,3 +296,16 @@ def test_wrong_upstream_gradient_shape():
     log_qz, log_qm = aggregate_log_q(z, loc, log_scale)
     with pytest.raises(ValueError, match=r"grad_log_qz_marginals must have shape \[4, 3\], got \[4\]"):
         torch.ops.ivae_ext.aggregate_log_q_backward(None, torch.randn(4), z, loc, log_scale, log_qz, log_qm, "gaussian", [True] * 3)
+
+
+def test_benchmark_baseline_computes_the_same_quantity():
+    """The plain formula the benchmarks compile (what a user would write) is the op's quantity."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    from aggregate_log_q_cases import plain_gaussian_formula
+
+    z, loc, log_scale = (t.detach() for t in inputs(7, 9, 4))
+    for got, want in zip(plain_gaussian_formula(z, loc, log_scale), aggregate_log_q(z, loc, log_scale)):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
