@@ -29,7 +29,7 @@ IVAE_CLONE_INLINE void merge_tile(const T* __restrict__ v, int64_t n, LogSumExp<
   }
   T s = 0;
 #pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < n; ++j) s += math::simd_exp(v[j] - m);
+  for (int64_t j = 0; j < n; ++j) s += math::simd_exp_bounded(v[j] - m);
   math::lse_merge(acc, m, s);
 }
 
@@ -105,7 +105,7 @@ IVAE_CLONE_INLINE void pair_adjoint(T z, T l, T s, T o, T joint_weight, T grad_m
                                     T& grad_z, T& grad_loc, T& grad_log_scale) {
   const math::ComponentValueGrad<T> c = math::component_log_density_grad<F>(z, l, s, o);
   T w = kJoint ? joint_weight : T(0);
-  if constexpr (kMarginals) w += grad_marginal * math::simd_exp(c.value - shift);
+  if constexpr (kMarginals) w += grad_marginal * math::simd_exp_bounded(c.value - shift);
   const T wz = w * c.d_z;
   grad_z += wz;
   grad_loc -= wz;
@@ -152,7 +152,7 @@ IVAE_CLONE_INLINE void backward_group(const ComponentTable<T>& tab, const GroupR
         const T upstream = g.grad_log_qz[r];
         T* __restrict__ w = weight[r];
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) w[j] = upstream * math::simd_exp(w[j] - shift);
+        for (int64_t j = 0; j < n; ++j) w[j] = upstream * math::simd_exp_bounded(w[j] - shift);
       }
     }
     for (int64_t k = 0; k < d; ++k) {

@@ -131,7 +131,7 @@ __device__ __forceinline__ void merge_tile(const T (&v)[kTile], int n, math::Log
   T s = 0;
 #pragma unroll
   for (int jj = 0; jj < kTile; ++jj) {
-    if (jj < n) s += math::simd_exp(v[jj] - m);
+    if (jj < n) s += math::simd_exp_bounded(v[jj] - m);
   }
   math::lse_merge(acc, m, s);
 }
@@ -280,7 +280,7 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
 #pragma unroll
       for (int jj = 0; jj < kTile; ++jj) {
-        weight[jj] = jj < n && active ? upstream * math::simd_exp(weight[jj] - joint_shift) : T(0);
+        weight[jj] = jj < n && active ? upstream * math::simd_exp_bounded(weight[jj] - joint_shift) : T(0);
       }
     }
     for (int64_t k0 = 0; k0 < d; k0 += kDimChunk) {
@@ -307,7 +307,7 @@ __global__ void __launch_bounds__(kBlockThreads)
             const math::ComponentValueGrad<T> g =
                 math::component_log_density_grad<F>(zk, s_loc[kk][jj], s_inv[kk][jj], s_off[kk][jj]);
             T c = kJoint ? weight[jj] : T(0);
-            if constexpr (kMarginals) c += grad_marginal * math::simd_exp(g.value - marginal_shift);
+            if constexpr (kMarginals) c += grad_marginal * math::simd_exp_bounded(g.value - marginal_shift);
             acc += c * g.d_z;
           }
         }
@@ -385,7 +385,7 @@ __global__ void __launch_bounds__(kBlockThreads)
       }
 #pragma unroll
       for (int ii = 0; ii < kTile; ++ii) {
-        weight[ii] = ii < n && active ? s_upstream[ii] * math::simd_exp(weight[ii] - s_joint_shift[ii]) : T(0);
+        weight[ii] = ii < n && active ? s_upstream[ii] * math::simd_exp_bounded(weight[ii] - s_joint_shift[ii]) : T(0);
       }
     }
     for (int64_t k0 = 0; k0 < d; k0 += kDimChunk) {
@@ -408,7 +408,7 @@ __global__ void __launch_bounds__(kBlockThreads)
             const math::ComponentValueGrad<T> g =
                 math::component_log_density_grad<F>(s_z[kk][ii], loc, inv_scale, offset);
             T c = kJoint ? weight[ii] : T(0);
-            if constexpr (kMarginals) c += s_grad_marginal[kk][ii] * math::simd_exp(g.value - s_marginal_shift[kk][ii]);
+            if constexpr (kMarginals) c += s_grad_marginal[kk][ii] * math::simd_exp_bounded(g.value - s_marginal_shift[kk][ii]);
             acc_loc -= c * g.d_z;
             acc_log_scale += c * g.d_log_scale;
           }

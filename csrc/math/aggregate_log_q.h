@@ -74,7 +74,7 @@ IVAE_HD void lse_merge(LogSumExp<T>& acc, T part_max, T part_sum) {
     acc.max = new_max;
     return;
   }
-  acc.sum = acc.sum * simd_exp(acc.max - new_max) + part_sum * simd_exp(part_max - new_max);
+  acc.sum = acc.sum * simd_exp_bounded(acc.max - new_max) + part_sum * simd_exp_bounded(part_max - new_max);
   acc.max = new_max;
 }
 

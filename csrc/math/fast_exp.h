@@ -119,4 +119,23 @@ IVAE_HD T simd_expm1(T x) {
   return exp_parts(x).expm1;
 }
 
+// e^x for the exponent of a softmax weight or a logsumexp term (x <= 0 up to rounding): the
+// reduction of exp_parts without its overflow and expm1 cases, a few operations fewer in the
+// loops that take one exp per pair and dimension. 0 below kMinArg; NaN propagates; x above
+// kMaxArg - 1 is taken as kMaxArg - 1 (a large finite value, never inf or garbage).
+template <typename T>
+IVAE_HD T simd_exp_bounded(T x) {
+  using Tr = ExpTraits<T>;
+  using Bits = typename Tr::Bits;
+  const bool underflow = x < Tr::kMinArg;
+  const T high = T(Tr::kMaxArg - 1);
+  const T xc = underflow ? T(Tr::kMinArg) : (x > high ? high : x);  // NaN passes
+  const T shifted = xc * Tr::kLog2e + Tr::kShifter;
+  const T k = shifted - Tr::kShifter;
+  const T r = (xc - k * Tr::kLn2Hi) - k * Tr::kLn2Lo;
+  const Bits k_bits = bit_cast_value<Bits>(shifted) - bit_cast_value<Bits>(T(Tr::kShifter));
+  const T scale = bit_cast_value<T>((k_bits + Tr::kBias) << Tr::kMantissaBits);  // 2^k, a normal number here
+  return underflow ? T(0) : scale + scale * expm1_reduced(r);
+}
+
 }  // namespace ivae::math
