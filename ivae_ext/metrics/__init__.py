@@ -1,6 +1,11 @@
-"""Metrics: MCC for identifiability; mutual information and total correlation of an encoder."""
+"""Metrics: MCC for identifiability; mutual information and total correlation of an encoder;
+per-latent collapse diagnostics (active units, KL per latent, decoder sensitivity)."""
 
 from ivae_ext.metrics.information import MIEstimate, TCEstimate, mutual_information, total_correlation
+from ivae_ext.metrics.latent import ActiveUnits, active_units, decoder_sensitivity, kl_per_latent
 from ivae_ext.metrics.mcc import correlation_matrix, mcc
 
-__all__ = ["mcc", "correlation_matrix", "mutual_information", "total_correlation", "MIEstimate", "TCEstimate"]
+__all__ = [
+    "mcc", "correlation_matrix", "mutual_information", "total_correlation", "MIEstimate", "TCEstimate",
+    "active_units", "ActiveUnits", "kl_per_latent", "decoder_sensitivity",
+]

@@ -186,7 +186,7 @@ def _estimate(fname, posteriors, x, u, family, samples, chunk_size, generator, *
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{fname}: generator must be a torch.Generator or None, got {type(generator).__name__}")
     with torch.no_grad():
-        q_loc, q_log_scale, family = _posteriors(fname, posteriors, x, u, family, chunk_size)
+        q_loc, q_log_scale, family = posterior_parameters(fname, posteriors, x, u, family, chunk_size)
         if generator is not None and generator.device != q_loc.device:
             raise ValueError(
                 f"{fname}: generator must be on the posteriors' device {q_loc.device}, got {generator.device}"
@@ -247,8 +247,9 @@ def _check_family(fname, family):
         raise ValueError(f"{fname}: family must be one of {FAMILIES} (or None), got {family!r}")
 
 
-def _posteriors(fname, posteriors, x, u, family, chunk_size):
-    """(q_loc, q_log_scale, family) from a pair or a model, checked."""
+def posterior_parameters(fname, posteriors, x, u, family, chunk_size):
+    """(q_loc, q_log_scale, family) from a pair or a model (encoded by chunks, under the caller's
+    grad mode), checked; shared by the metrics that take either. `fname` names the caller in errors."""
     if family is not None:
         _check_family(fname, family)
     if isinstance(posteriors, (tuple, list)):
