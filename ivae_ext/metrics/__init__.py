@@ -1,11 +1,13 @@
 """Metrics: MCC for identifiability; mutual information and total correlation of an encoder;
-per-latent collapse diagnostics (active units, KL per latent, decoder sensitivity)."""
+per-latent collapse diagnostics (active units, KL per latent, decoder sensitivity); the
+importance-weighted log-likelihood."""
 
 from ivae_ext.metrics.information import MIEstimate, TCEstimate, mutual_information, total_correlation
+from ivae_ext.metrics.likelihood import IWEstimate, iw_log_likelihood
 from ivae_ext.metrics.latent import ActiveUnits, active_units, decoder_sensitivity, kl_per_latent
 from ivae_ext.metrics.mcc import correlation_matrix, mcc
 
 __all__ = [
     "mcc", "correlation_matrix", "mutual_information", "total_correlation", "MIEstimate", "TCEstimate",
-    "active_units", "ActiveUnits", "kl_per_latent", "decoder_sensitivity",
+    "active_units", "ActiveUnits", "kl_per_latent", "decoder_sensitivity", "iw_log_likelihood", "IWEstimate",
 ]
