@@ -1,6 +1,28 @@
-"""Data: the piecewise-stationary nonlinear ICA generator and the .npz loader."""
+"""Data: the piecewise-stationary nonlinear ICA generator, the .npz loader, and image data for
+the LIDVAE experiments (binarised sklearn digits, MNIST-style IDX files, image .npz)."""
 
+from ivae_ext.data.images import (
+    ImageData,
+    check_bernoulli_data,
+    load_digits_binary,
+    load_idx,
+    load_image_data,
+    load_npz_images,
+    split_indices,
+)
 from ivae_ext.data.npz import DataFormatError, load_npz
 from ivae_ext.data.synthetic import NonlinearICAData, make_nonlinear_ica
 
-__all__ = ["NonlinearICAData", "make_nonlinear_ica", "load_npz", "DataFormatError"]
+__all__ = [
+    "NonlinearICAData",
+    "make_nonlinear_ica",
+    "load_npz",
+    "DataFormatError",
+    "ImageData",
+    "check_bernoulli_data",
+    "load_digits_binary",
+    "load_idx",
+    "load_image_data",
+    "load_npz_images",
+    "split_indices",
+]
