@@ -16,3 +16,9 @@ def refuse_double_backward(backward_op: str, op_name: str, alternative: str) -> 
         pass
 
     torch.library.register_autograd(backward_op, backward, setup_context=setup_context)
+
+
+def records_graph(*tensors) -> bool:
+    """Whether an op on these inputs records an autograd graph (what a custom op does): grad mode
+    is on and some input requires grad."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

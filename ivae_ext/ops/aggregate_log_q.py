@@ -13,6 +13,7 @@ import torch
 from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
 from ivae_ext.ops._autograd import refuse_double_backward
+from ivae_ext.ops._switch import reference_ops_enabled
 
 FAMILIES = reference.FAMILIES
 _ARG_NAMES = ("z", "q_loc", "q_log_scale")
@@ -87,6 +88,9 @@ def aggregate_log_q(
     differences of log-densities of that size): measured 1e-6 at |log q| ≈ 50 and 1e-5 at 130,
     the same as the float32 reference; for codes hundreds of scales away from every component
     (|log q| in the thousands and more) use float64.
+    Under ``ivae_ext.ops.use_reference_ops()`` (and without the compiled extension) this is
+    ``ivae_ext.reference.aggregate_log_q`` after the same argument checks ([B, N, d] memory; its
+    marginals are computed but returned as None when with_marginals=False).
 
     Estimators built on it (callers add their constants; M = batch size, N_data = dataset size):
 
@@ -104,7 +108,7 @@ def aggregate_log_q(
     * Over a whole dataset (N = N_data, as ``ivae_ext.metrics.mutual_information`` does by
       chunks of z): exact q(z) of the empirical aggregate posterior, no minibatch bias.
     """
-    if not HAS_EXTENSION:
+    if not HAS_EXTENSION or reference_ops_enabled():
         check_aggregate_log_q_args(z, q_loc, q_log_scale, family)
         log_qz, log_qz_marginals = reference.aggregate_log_q(z, q_loc, q_log_scale, family)
         return log_qz, (log_qz_marginals if with_marginals else None)

@@ -19,8 +19,9 @@ import torch
 
 from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
-from ivae_ext.ops._autograd import refuse_double_backward
-from ivae_ext.ops.icnn_map import _alpha_tensor, check_icnn_args
+from ivae_ext.ops._autograd import records_graph, refuse_double_backward
+from ivae_ext.ops._switch import reference_ops_enabled
+from ivae_ext.ops.icnn_map import _alpha_tensor, _reference_icnn_map, check_icnn_args
 
 HAS_FUSED_LOGDET = HAS_EXTENSION and hasattr(torch.ops.ivae_ext, "brenier_logdet")
 _OP = "brenier_logdet"
@@ -40,13 +41,21 @@ def _raise_if_not_positive_definite(info: torch.Tensor) -> None:
 
 
 def _reference_with_info(x, A, b, W, w, alpha):
-    psi, grad = reference.icnn_map(x, A, b, W, w, alpha)
-    hess = reference.icnn_hessian(x, A, b, W, w, alpha)
-    _, info = torch.linalg.cholesky_ex(hess)
-    finite = torch.isfinite(hess).flatten(1).all(-1)
-    info = torch.where(finite, info, torch.full_like(info, -1))
+    """The op's four outputs from the reference: ψ and ∇ψ of reference.icnn_map (as icnn_map's
+    reference path), logdet of reference.brenier_logdet, and the status from a Cholesky
+    factorisation of the reference Hessian (recomputed without a graph: only its status is used),
+    with the fused op's policy: NaN logdet wherever the status is not 0."""
+    psi, grad = _reference_icnn_map(x, A, b, W, w, alpha)
+    with torch.no_grad():
+        hess = reference.icnn_hessian(x, A, b, W, w, alpha)
+        _, info = torch.linalg.cholesky_ex(hess)
+        finite = torch.isfinite(hess).flatten(1).all(-1)
+        info = torch.where(finite, info, torch.full_like(info, -1))
     logdet = reference.brenier_logdet(x, A, b, W, w, alpha)
-    return psi, grad, torch.where(info == 0, logdet, torch.full_like(logdet, float("nan"))), info
+    logdet = torch.where(info == 0, logdet, torch.full_like(logdet, float("nan")))
+    if not records_graph(x, A, b, W, w, alpha):
+        logdet = logdet.detach()
+    return psi, grad, logdet, info
 
 
 def brenier_map_logdet(x, A, b, W, w, alpha=0.0, check: bool = True, return_info: bool = False):
@@ -56,9 +65,15 @@ def brenier_map_logdet(x, A, b, W, w, alpha=0.0, check: bool = True, return_info
 
     Differentiable once in every argument through any of the three outputs (analytic backward);
     a second backward raises an error.
+
+    Under ``ivae_ext.ops.use_reference_ops()`` (and without the compiled op) the same argument
+    checks, then ψ and ∇ψ from ``ivae_ext.reference.icnn_map``, logdet from
+    ``ivae_ext.reference.brenier_logdet`` and the status from a Cholesky factorisation of
+    ``ivae_ext.reference.icnn_hessian``: the same outputs, the same check/return_info policy
+    (differentiable twice there).
     """
     alpha = _alpha_tensor(alpha, x, _OP)
-    if not HAS_FUSED_LOGDET:
+    if not HAS_FUSED_LOGDET or reference_ops_enabled():
         check_icnn_args(x, A, b, W, w, alpha, _OP)
         if bool(alpha < 0):
             raise ValueError(f"{_OP}: alpha must be >= 0 (strong convexity), got {alpha.item()}")

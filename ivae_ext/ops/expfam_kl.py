@@ -15,6 +15,7 @@ import torch
 from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
 from ivae_ext.ops._autograd import refuse_double_backward
+from ivae_ext.ops._switch import reference_ops_enabled
 
 FAMILIES = reference.FAMILIES
 REDUCTIONS = reference.REDUCTIONS
@@ -93,10 +94,14 @@ def expfam_kl(
     All tensors share one dtype (float32/float64; float16/bfloat16 compute in float32) and one
     device. An empty batch gives an empty result. NaN in any input gives NaN in the affected
     entries (and rows, for "sum"); nothing is clamped.
+
+    Under ``ivae_ext.ops.use_reference_ops()`` (and without the compiled extension) this is
+    ``ivae_ext.reference.expfam_kl`` after the same argument checks (differentiable twice there;
+    float16/bfloat16 then compute in their own dtype).
     """
     p_loc = _as_tensor(p_loc, q_loc, "p_loc")
     p_log_scale = _as_tensor(p_log_scale, q_loc, "p_log_scale")
-    if not HAS_EXTENSION:
+    if not HAS_EXTENSION or reference_ops_enabled():
         check_expfam_kl_args(q_loc, q_log_scale, p_loc, p_log_scale, family, reduction)
         return reference.expfam_kl(q_loc, q_log_scale, p_loc, p_log_scale, family, reduction)
     return torch.ops.ivae_ext.expfam_kl.default(q_loc, q_log_scale, p_loc, p_log_scale, family, reduction)

@@ -13,7 +13,8 @@ import torch
 
 from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
-from ivae_ext.ops._autograd import refuse_double_backward
+from ivae_ext.ops._autograd import records_graph, refuse_double_backward
+from ivae_ext.ops._switch import reference_ops_enabled
 
 _ARG_NAMES = ("x", "A", "b", "W", "w")
 HAS_FUSED_ICNN = HAS_EXTENSION and hasattr(torch.ops.ivae_ext, "icnn_map")
@@ -56,6 +57,23 @@ def _alpha_tensor(alpha, x: torch.Tensor, op: str = "icnn_map") -> torch.Tensor:
     raise TypeError(f"{op}: alpha must be a float or a 0-d tensor, got {type(alpha).__name__}")
 
 
+def _reference_icnn_map(x, A, b, W, w, alpha):
+    """``reference.icnn_map`` with the fused op's autograd behaviour, for the wrappers' reference
+    path: the reference builds its graph (double backpropagation) even under no_grad or when no
+    input requires grad; that graph is dropped when the fused op would record none. Under
+    inference mode (where autograd cannot run on the inputs) it computes on copies outside it and
+    returns inference tensors, as the fused op does."""
+    inputs = (x, A, b, W, w, alpha)
+    if torch.is_inference_mode_enabled():
+        with torch.inference_mode(False):
+            psi, grad = reference.icnn_map(*(t.clone() for t in inputs))
+        return psi.clone(), grad.clone()
+    psi, grad = reference.icnn_map(*inputs)
+    if not records_graph(*inputs):
+        psi, grad = psi.detach(), grad.detach()
+    return psi, grad
+
+
 def icnn_map(x, A, b, W, w, alpha=0.0):
     """(ψ(x) [B], ∇ψ(x) [B, d]) of the ICNN with softplus activations (DESIGN.md op 2).
 
@@ -69,13 +87,17 @@ def icnn_map(x, A, b, W, w, alpha=0.0):
 
     Differentiable once in every argument (the backward is analytic, no autograd graph);
     a second backward raises an error.
+
+    Under ``ivae_ext.ops.use_reference_ops()`` (and without the compiled op) this is
+    ``ivae_ext.reference.icnn_map`` after the same argument checks (autograd through double
+    backpropagation; differentiable twice there).
     """
     alpha = _alpha_tensor(alpha, x)
-    if not HAS_FUSED_ICNN:
+    if not HAS_FUSED_ICNN or reference_ops_enabled():
         check_icnn_args(x, A, b, W, w, alpha)
         if bool(alpha < 0):
             raise ValueError(f"icnn_map: alpha must be >= 0 (strong convexity), got {alpha.item()}")
-        return reference.icnn_map(x, A, b, W, w, alpha)
+        return _reference_icnn_map(x, A, b, W, w, alpha)
     psi, grad, _ = torch.ops.ivae_ext.icnn_map.default(x, A, b, W, w, alpha)
     return psi, grad
 
