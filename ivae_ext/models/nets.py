@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ivae_ext.reference import component_log_density
+
 FAMILIES = ("gaussian", "laplace")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -92,12 +94,9 @@ def add_decoder_log_var(module: nn.Module, data_dim: int, decoder_var: float, le
 
 
 def log_density(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, family: str) -> torch.Tensor:
-    """Elementwise log-density of a Gaussian (scale σ) or Laplace (scale b) at z."""
-    if family == "gaussian":
-        return -_HALF_LOG_2PI - log_scale - 0.5 * ((z - loc) * torch.exp(-log_scale)) ** 2
-    if family == "laplace":
-        return -math.log(2.0) - log_scale - (z - loc).abs() * torch.exp(-log_scale)
-    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    """Elementwise log-density of a Gaussian (scale σ) or Laplace (scale b) at z (the formula
+    lives once, in ``ivae_ext.reference.component_log_density``)."""
+    return component_log_density(z, loc, log_scale, family)
 
 
 def rsample(loc: torch.Tensor, log_scale: torch.Tensor, family: str) -> torch.Tensor:
