@@ -18,9 +18,11 @@ import argparse
 import json
 import math
 import os
-import tempfile
+from pathlib import Path
 
 import numpy as np
+
+from ivae_ext.experiments import write_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,19 +70,6 @@ def summarise(posterior: np.ndarray, grid: np.ndarray) -> dict:
     return {"kl_posterior_prior": kl, "posterior_mean": mean, "posterior_sd": sd}
 
 
-def write_atomic(path: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
-                               suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -114,7 +103,7 @@ def main(argv=None) -> dict:
     write_atomic(os.path.join(args.out, "collapse_exact_gmm.png"), lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
     summary = {"settings": vars(args), "results": results}
-    write_atomic(os.path.join(args.out, "metrics.json"), lambda p: open(p, "w").write(json.dumps(summary, indent=2)))
+    write_atomic(os.path.join(args.out, "metrics.json"), lambda p: Path(p).write_text(json.dumps(summary, indent=2)))
     return summary
 
 
