@@ -1,20 +1,39 @@
-"""Command line: ``python -m ivae_ext train …`` and ``python -m ivae_ext reproduce ivae …``."""
+"""The iVAE family of the command line: iVAE / VAE on synthetic nonlinear-ICA data or a user's .npz.
+
+``train --model ivae|vae`` with ``--data tcl`` (the default) or ``--data PATH.npz`` (x, u and
+optionally s), and ``reproduce ivae``. The interface every family module exposes is described in
+ivae_ext.cli.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 
-RAW = argparse.RawDescriptionHelpFormatter
+NAME = "ivae"
+TRAIN_MODELS = ("ivae", "vae")
+REPRODUCE_EXPERIMENTS = ("ivae",)
+# what the command line says about this family (help texts; see ivae_ext.cli)
+SUMMARY = "iVAE / VAE on synthetic nonlinear-ICA data or an .npz with x and u"
+TRAIN_HELP_HINT = "--model ivae --help"
+MODEL_HELP = "iVAE (prior conditioned on u) or the VAE baseline (N(0, I) prior, ignores u)"
+TRAIN_HELP = "train one model and write metrics.json, sources.png, curves.png"
+TRAIN_DESCRIPTION = (
+    "Train an iVAE or VAE. Writes OUT/metrics.json (MCC if true sources are known, final "
+    "loss terms, wall time, full config), OUT/sources.png (true vs recovered sources after "
+    "matching), OUT/curves.png (loss and MCC per epoch) and checkpoints for --resume."
+)
+REPRODUCE_HELP = "reproduce a paper's claim (iVAE: identifies sources, a VAE does not)"
+REPRODUCE_DESCRIPTION = (
+    "Run iVAE and the VAE baseline over several data seeds and write OUT/table.md and "
+    "OUT/table.json (per-seed MCC, mean ± std), plus every run's own outputs under "
+    "OUT/seed<k>/<model>/. --quick is a small preset for a demo (a few minutes)."
+)
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, RAW):
-    """Shows defaults, except for on/off flags, whose help says what the default is."""
-
-    def _get_help_string(self, action):
-        if action.nargs == 0:  # store_true / store_false / help: "(default: True)" would mislead
-            return action.help
-        return super()._get_help_string(action)
+def handles_train(model: str, data: str) -> bool:
+    """iVAE or VAE on the synthetic generator ('tcl') or on an .npz file (which must hold u)."""
+    return model in TRAIN_MODELS and (data == "tcl" or os.fspath(data).lower().endswith(".npz"))
 
 
 def _weights(text: str) -> tuple:
@@ -124,62 +143,47 @@ QUICK = {"per_segment": 500, "epochs": 30, "restarts": 1}
 QUICK_SEEDS = [1, 2, 3]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ivae-ext", formatter_class=_Formatter,
-        description="Identifiable VAEs on fused torch ops: train a model, or reproduce a paper's claim.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser(
-        "train", formatter_class=_Formatter,
-        help="train one model and write metrics.json, sources.png, curves.png",
-        description="Train an iVAE or VAE. Writes OUT/metrics.json (MCC if true sources are known, final "
-                    "loss terms, wall time, full config), OUT/sources.png (true vs recovered sources after "
-                    "matching), OUT/curves.png (loss and MCC per epoch) and checkpoints for --resume.",
-    )
-    train.add_argument("--model", choices=("ivae", "vae"), default="ivae",
-                       help="iVAE (prior conditioned on u) or the VAE baseline (N(0, I) prior, ignores u)")
-    train.add_argument("--out", required=True, help="output directory")
-    _add_data_args(train)
-    _add_model_args(train)
-    _add_train_args(train)
-
-    rep = sub.add_parser(
-        "reproduce", formatter_class=_Formatter,
-        help="reproduce a paper's claim (iVAE: identifies sources, a VAE does not)",
-        description="Run iVAE and the VAE baseline over several data seeds and write OUT/table.md and "
-                    "OUT/table.json (per-seed MCC, mean ± std), plus every run's own outputs under "
-                    "OUT/seed<k>/<model>/. --quick is a small preset for a demo (a few minutes).",
-    )
-    rep.add_argument("experiment", choices=("ivae",), help="which claim to reproduce")
-    rep.add_argument("--out", required=True, help="output directory")
-    rep.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="data seeds")
-    rep.add_argument("--quick", action="store_true",
-                     help=f"demo preset: {QUICK} on data seeds {QUICK_SEEDS} (overrides those options)")
-    _add_data_args(rep, reproduce=True)
-    _add_model_args(rep)
-    _add_train_args(rep)
-    rep.set_defaults(restarts=3)  # the iVAE's initialisations per data seed (the VAE baseline trains one)
-    return parser
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Everything `train` takes for this family except --model and --out (added by ivae_ext.cli)."""
+    _add_data_args(p)
+    _add_model_args(p)
+    _add_train_args(p)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def add_reproduce_arguments(p: argparse.ArgumentParser) -> None:
+    """Everything `reproduce ivae` takes except the experiment and --out (added by ivae_ext.cli)."""
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="data seeds")
+    p.add_argument("--quick", action="store_true",
+                   help=f"demo preset: {QUICK} on data seeds {QUICK_SEEDS} (overrides those options)")
+    _add_data_args(p, reproduce=True)
+    _add_model_args(p)
+    _add_train_args(p)
+    p.set_defaults(restarts=3)  # the iVAE's initialisations per data seed (the VAE baseline trains one)
+
+
+def run_train(args: argparse.Namespace) -> int:
     import torch
 
-    from ivae_ext.experiments import TrainConfig, format_table, reproduce_ivae, run_train
+    from ivae_ext.experiments.ivae import TrainConfig, run_train as train
 
     torch.set_num_threads(1)
     values = {k: getattr(args, k) for k in TRAIN_KEYS}
-    if args.command == "train":
-        cfg = TrainConfig(model=args.model, data=args.data, seed=args.seed, **values)
-        metrics = run_train(cfg, args.out, resume=args.resume)
-        mcc = metrics["mcc"]
-        print(f"{args.model}: final objective {metrics['final_loss_terms']['loss']:.4g}"
-              + (f", MCC {mcc:.3f}" if mcc is not None else "")
-              + f", {metrics['train_time_s']:.0f} s; wrote {args.out}/metrics.json, sources.png, curves.png")
-        return 0
+    cfg = TrainConfig(model=args.model, data=args.data, seed=args.seed, **values)
+    metrics = train(cfg, args.out, resume=args.resume)
+    mcc = metrics["mcc"]
+    print(f"{args.model}: final objective {metrics['final_loss_terms']['loss']:.4g}"
+          + (f", MCC {mcc:.3f}" if mcc is not None else "")
+          + f", {metrics['train_time_s']:.0f} s; wrote {args.out}/metrics.json, sources.png, curves.png")
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    import torch
+
+    from ivae_ext.experiments.ivae import TrainConfig, format_table, reproduce_ivae
+
+    torch.set_num_threads(1)
+    values = {k: getattr(args, k) for k in TRAIN_KEYS}
     seeds = args.seeds
     if args.quick:
         values.update(QUICK)
@@ -199,7 +203,3 @@ def main(argv=None) -> int:
     print(f"iVAE beats VAE on every seed: {s['ivae_beats_vae_every_seed']}; "
           f"total {result['wall_time_s']:.0f} s; wrote {args.out}/table.md and table.json")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

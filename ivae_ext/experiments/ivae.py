@@ -1,13 +1,12 @@
-"""Experiments behind the CLI: one training run (``run_train``) and the iVAE-vs-VAE reproduction.
+"""The iVAE family's experiments: one training run on synthetic nonlinear-ICA data or a user's .npz
+(``run_train``) and the iVAE-vs-VAE reproduction (``reproduce_ivae``).
 
-Every output file is written atomically (temporary file + os.replace).
+Every output file is written atomically (see ivae_ext.experiments.common).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -17,6 +16,15 @@ import torch
 from ivae_ext.data import load_npz, make_nonlinear_ica
 from ivae_ext.data.preprocess import fit_preprocessing
 from ivae_ext.data.segments import segment_labels
+from ivae_ext.experiments.common import (
+    load_json,
+    mean_std,
+    plot_curves,
+    save_state_dict_atomic,
+    write_atomic,
+    write_json,
+    write_text,
+)
 from ivae_ext.metrics import mcc
 from ivae_ext.models import IVAE, VAE
 from ivae_ext.models.contrastive import contrastive_pretrain
@@ -63,31 +71,6 @@ class TrainConfig:
     pretrain_epochs: str = "auto"  # "auto" (30 with one-hot u and a prior mean) | an int (0: none)
     progress: bool = True
     extra: dict = field(default_factory=dict)
-
-
-def write_atomic(path: str, write) -> None:
-    """Call write(tmp_path) for a temporary file beside `path`, then move it into place."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str, obj) -> None:
-    def _write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=float)
-            f.write("\n")
-
-    write_atomic(path, _write)
 
 
 def load_data(cfg: TrainConfig):
@@ -198,30 +181,6 @@ def _plot_sources(path: str, s: np.ndarray, z: np.ndarray, matching: np.ndarray,
     plt.close(fig)
 
 
-def _plot_curves(path: str, history: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history["epochs"]]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax1.plot(epochs, [r["loss"] for r in history["epochs"]], marker=".")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss (symlog)")
-    ax1.set_yscale("symlog")  # the first epochs would otherwise flatten the rest
-    mccs = [r.get("mcc") for r in history["epochs"]]
-    if any(m is not None for m in mccs):
-        ax2.plot(epochs, mccs, marker=".", color="C1")
-        ax2.set_ylim(0, 1)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("MCC (not used for selection)")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
-    plt.close(fig)
-
-
 def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> dict:
     """Train cfg.restarts models from different initialisations, keep the one with the lowest
     training objective, and write metrics.json, sources.png and curves.png into `out`."""
@@ -247,8 +206,7 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
         pretrain_record = os.path.join(out, f"pretraining_restart{r}.json")
         pretraining = None
         if pretrain_epochs and has_ckpt and os.path.exists(pretrain_record):
-            with open(pretrain_record) as f:  # the checkpoint already holds the pretrained-then-trained state
-                pretraining = json.load(f)
+            pretraining = load_json(pretrain_record)  # the checkpoint already holds the pretrained-then-trained state
         elif pretrain_epochs and not has_ckpt:
             pretraining = contrastive_pretrain(model, x, u, epochs=pretrain_epochs, batch_size=cfg.batch_size,
                                                seed=init_seed, progress=cfg.progress)
@@ -309,18 +267,13 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
     if data.s is not None:
         _, matching = mcc(z, data.s)
         _plot_sources(os.path.join(out, "sources.png"), data.s, z, matching, title + f", MCC {metrics['mcc']:.3f}")
-    _plot_curves(os.path.join(out, "curves.png"), best["history"], title)
-    torch.save(best["model"].state_dict(), os.path.join(out, ".model.tmp"))
-    os.replace(os.path.join(out, ".model.tmp"), os.path.join(out, "model.pt"))
+    plot_curves(os.path.join(out, "curves.png"), best["history"]["epochs"], title, metric_key="mcc",
+                metric_label="MCC (not used for selection)", metric_ylim=(0, 1))
+    save_state_dict_atomic(best["model"], os.path.join(out, "model.pt"))
     # the model reads preprocessed x: keep the map (x ↦ (x − mean) @ matrix) beside it
     write_atomic(os.path.join(out, "preprocessing.npz"), lambda tmp: np.savez(tmp, **preprocessing.as_arrays()))
     write_json(os.path.join(out, "metrics.json"), metrics)
     return metrics
-
-
-def _mean_std(values):
-    arr = np.asarray(values, dtype=float)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
 def reproduce_ivae(base: TrainConfig, seeds, out: str, vae_overrides: dict, resume: bool = False, log=print) -> dict:
@@ -337,8 +290,7 @@ def reproduce_ivae(base: TrainConfig, seeds, out: str, vae_overrides: dict, resu
             run_dir = os.path.join(out, f"seed{seed}", name)
             done = os.path.join(run_dir, "metrics.json")
             if resume and os.path.exists(done):
-                with open(done) as f:
-                    metrics = json.load(f)
+                metrics = load_json(done)
                 log(f"  {name} data seed {seed}: done before, MCC {metrics['mcc']:.3f}")
             else:
                 metrics = run_train(cfg, run_dir, resume=resume, log=log)
@@ -349,7 +301,7 @@ def reproduce_ivae(base: TrainConfig, seeds, out: str, vae_overrides: dict, resu
         log(f"data seed {seed}: iVAE {row['ivae']:.3f}  VAE {row['vae']:.3f}")
     summary = {}
     for name in ("ivae", "vae"):
-        mean, std = _mean_std([r[name] for r in rows])
+        mean, std = mean_std([r[name] for r in rows])
         summary[name] = {"mean": mean, "std": std}
     summary["ivae_beats_vae_every_seed"] = all(r["ivae"] > r["vae"] for r in rows)
     summary["restart_objective_vs_mcc"] = restart_report([r.get("ivae_restarts", []) for r in rows])
@@ -359,12 +311,7 @@ def reproduce_ivae(base: TrainConfig, seeds, out: str, vae_overrides: dict, resu
     }
     table = format_table(result)
     write_json(os.path.join(out, "table.json"), result)
-
-    def _write_md(tmp):
-        with open(tmp, "w") as f:
-            f.write(table + "\n")
-
-    write_atomic(os.path.join(out, "table.md"), _write_md)
+    write_text(os.path.join(out, "table.md"), table + "\n")
     return result
 
 

@@ -1,0 +1,116 @@
+"""Pieces every experiment runner shares: atomic file writing, JSON, model state, mean ± std, loss curves.
+
+Every output file is written atomically (a temporary file beside it, then os.replace), so an
+interrupted run never leaves a torn file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+
+
+def write_atomic(path: str, write) -> None:
+    """Call write(tmp_path) for a temporary file beside `path`, then move it into place."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(directory, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj) -> None:
+    """`obj` as indented JSON (numpy scalars as floats), written atomically."""
+
+    def _write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=float)
+            f.write("\n")
+
+    write_atomic(path, _write)
+
+
+def write_text(path: str, text: str) -> None:
+    """`text` as it is (no newline added), written atomically."""
+
+    def _write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    write_atomic(path, _write)
+
+
+def load_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_state_dict_atomic(module_or_state, path: str) -> None:
+    """torch.save a module's state_dict (or a state dict itself) atomically."""
+    from ivae_ext.training import save_atomic
+
+    state = module_or_state.state_dict() if hasattr(module_or_state, "state_dict") else module_or_state
+    save_atomic(state, path)
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def plot_curves(path: str, history_epochs: list, title: str, metric_key: str | None = None,
+                metric_label: str | None = None, extra_series: dict | None = None,
+                metric_ylim: tuple | None = None) -> None:
+    """Training loss per epoch (symlog) on the left and, with `metric_key`, that metric on the right.
+
+    history_epochs: the per-epoch records of ``ivae_ext.fit`` (each with "epoch" and "loss"; the
+    metric, when given, under `metric_key`, None where it was not computed). extra_series: more
+    curves for the loss panel, {label: key of the epoch records, or a list of per-epoch values};
+    with it the panel gets a legend. metric_ylim: fixed y-limits of the metric panel (e.g. (0, 1)),
+    applied when some epoch has the metric. The PNG is written atomically.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history_epochs]
+    if metric_key is not None:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
+    else:
+        fig, ax1 = plt.subplots(1, 1, figsize=(4.8, 3.2))
+    ax1.plot(epochs, [r["loss"] for r in history_epochs], marker=".",
+             label="training loss" if extra_series else None)
+    for k, (label, series) in enumerate((extra_series or {}).items()):
+        values = [r.get(series) for r in history_epochs] if isinstance(series, str) else list(series)
+        points = [(e, v) for e, v in zip(epochs, values) if v is not None]
+        if points:
+            ax1.plot(*zip(*points), marker=".", color=f"C{k + 2}", label=label)
+    if extra_series:
+        ax1.legend(fontsize=8)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss (symlog)")
+    ax1.set_yscale("symlog")  # the first epochs would otherwise flatten the rest
+    if metric_key is not None:
+        values = [r.get(metric_key) for r in history_epochs]
+        if any(v is not None for v in values):
+            ax2.plot(epochs, values, marker=".", color="C1")
+            if metric_ylim is not None:
+                ax2.set_ylim(*metric_ylim)
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel(metric_label or metric_key)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    plt.close(fig)
