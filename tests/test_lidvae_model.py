@@ -495,11 +495,6 @@ def test_bad_lift_and_icnn_arguments_are_errors_naming_the_argument():
         MLPVAE(D, 0, decoder_hidden=8, encoder_hidden=8)
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="known gap: LatentVAE checks data_dim/latent_dim only after the subclass has built the "
-                          "decoder (so LIDVAE fails inside ICNN ('dim') or torch.eye), encoder_hidden/decoder_hidden "
-                          "are never checked (0 builds a zero-width net that ignores its input, or dies in xavier "
-                          "init with ZeroDivisionError), and decoder_var <= 0 dies in math.log ('math domain error')")
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 @pytest.mark.parametrize("build,kwargs,name", [
     (lambda: LIDVAE(D, 0, **SMALL), {}, "latent_dim"),
@@ -509,7 +504,7 @@ def test_bad_lift_and_icnn_arguments_are_errors_naming_the_argument():
     (_mlpvae, {"likelihood": "gaussian", "decoder_var": 0.0}, "decoder_var"),
 ], ids=["lidvae-latent_dim", "lidvae-data_dim", "encoder_hidden", "decoder_hidden", "decoder_var"])
 def test_bad_sizes_are_value_errors_naming_the_argument(build, kwargs, name):
-    """Expected behaviour (fails today, see the xfail reason): a ValueError that names the argument."""
+    """Sizes and the variance are checked before any submodule is built, so the error names them."""
     with pytest.raises(ValueError) as info:
         build(**kwargs)
     assert name in str(info.value), str(info.value)

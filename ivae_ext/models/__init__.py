@@ -3,6 +3,8 @@
 
 from ivae_ext.models.flow import ConvexPotentialFlow
 from ivae_ext.models.ivae import IVAE
+from ivae_ext.models.latent_vae import LatentVAE, MLPVAE
+from ivae_ext.models.lidvae import LIDVAE, BrenierDecoder, InjectiveLift
 from ivae_ext.models.vae import VAE
 
-__all__ = ["ConvexPotentialFlow", "IVAE", "VAE"]
+__all__ = ["BrenierDecoder", "ConvexPotentialFlow", "IVAE", "InjectiveLift", "LIDVAE", "LatentVAE", "MLPVAE", "VAE"]

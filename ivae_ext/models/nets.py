@@ -13,13 +13,15 @@ FAMILIES = ("gaussian", "laplace")
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-ACTIVATIONS = ("lrelu", "elu", "silu", "tanh")
+ACTIVATIONS = ("lrelu", "relu", "elu", "silu", "tanh")
 
 
 def make_activation(name: str, slope: float = 0.1) -> nn.Module:
-    """Hidden nonlinearity: leaky ReLU with `slope`, ELU, SiLU or tanh."""
+    """Hidden nonlinearity: leaky ReLU with `slope`, ReLU, ELU, SiLU or tanh."""
     if name == "lrelu":
         return nn.LeakyReLU(slope)
+    if name == "relu":
+        return nn.ReLU()
     if name == "elu":
         return nn.ELU()
     if name == "silu":
