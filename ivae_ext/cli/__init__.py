@@ -31,9 +31,10 @@ import argparse
 import sys
 
 from ivae_ext.cli import ivae as ivae_family
+from ivae_ext.cli import lidvae as lidvae_family
 from ivae_ext.cli.common import RAW, Formatter, add_out_argument
 
-FAMILIES = [ivae_family]
+FAMILIES = [lidvae_family, ivae_family]  # lidvae first: it claims `vae` on image data
 DEFAULT_FAMILY = ivae_family  # whose options `train --help` and `reproduce --help` show when nothing selects one
 DEFAULT_MODEL = "ivae"
 DEFAULT_DATA = "tcl"
