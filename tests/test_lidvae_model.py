@@ -257,9 +257,9 @@ def test_anchor_recipe_has_alpha_zero_and_a_linear_lift():
     assert bool((eig >= -1e-10).all())
 
 
-@pytest.mark.parametrize("bad", [-1, 0, 0.0, float("nan"), True, "0.5"])
-def test_non_positive_strong_convexity_is_an_error(bad):
-    with pytest.raises(ValueError, match="strong_convexity must be a number > 0"):
+@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), True, "0.5"])
+def test_negative_strong_convexity_is_an_error(bad):
+    with pytest.raises(ValueError, match="strong_convexity must be a number >= 0"):
         LIDVAE(D, d, strong_convexity=bad, **SMALL)
 
 
@@ -565,3 +565,8 @@ def test_config_describes_the_model():
     b = _mlpvae()
     assert b.config()["decoder"] == "mlp" and b.config()["decoder_hidden"] == 32
     assert isinstance(m, LatentVAE) and isinstance(b, LatentVAE)
+
+
+def test_zero_strong_convexity_is_allowed_for_ablations():
+    m = LIDVAE(D, d, strong_convexity=0.0, **SMALL)
+    assert float(m.decoder.latent_map.potential.alpha) == 0.0 and m.lift_kind == "identity"

@@ -77,7 +77,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--encoder-layers", type=int, default=3, help="linear layers of the encoder")
     g.add_argument("--decoder-hidden", type=int, default=512, help="VAE: width of the MLP decoder")
     g.add_argument("--decoder-layers", type=int, default=3, help="VAE: linear layers of the MLP decoder")
-    g.add_argument("--strong-convexity", type=float, default=0.5, help="LIDVAE: α of both potentials")
+    g.add_argument("--strong-convexity", type=float, default=1.0, help="LIDVAE: α of both potentials")
     g.add_argument("--lift", choices=("identity", "learned", "linear"), default="identity",
                    help="LIDVAE: β, the fixed zero-padded identity, a learned map injective by construction "
                         "(singular values ≥ --min-singular-value), or an unconstrained Linear (official code)")
