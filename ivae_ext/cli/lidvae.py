@@ -78,10 +78,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decoder-hidden", type=int, default=512, help="VAE: width of the MLP decoder")
     g.add_argument("--decoder-layers", type=int, default=3, help="VAE: linear layers of the MLP decoder")
     g.add_argument("--strong-convexity", type=float, default=1.0, help="LIDVAE: α of both potentials")
-    g.add_argument("--lift", choices=("identity", "learned", "linear"), default="identity",
-                   help="LIDVAE: β, the fixed zero-padded identity, a learned map injective by construction "
-                        "(singular values ≥ --min-singular-value), or an unconstrained Linear (official code)")
-    g.add_argument("--min-singular-value", type=float, default=0.5, help="LIDVAE: floor of the learned β")
+    g.add_argument("--lift", choices=("learned", "identity", "linear"), default="learned",
+                   help="LIDVAE: β, a learned map injective by construction (singular values ≥ "
+                        "--min-singular-value), the fixed zero-padded identity, or an unconstrained Linear "
+                        "(official code)")
+    g.add_argument("--min-singular-value", type=float, default=1.5, help="LIDVAE: floor of the learned β")
     g.add_argument("--icnn-hidden", type=int, default=256, help="LIDVAE: width of ψ₁ and ψ₂")
     g.add_argument("--icnn-layers", type=int, default=2, help="LIDVAE: layers of ψ₁ and ψ₂")
     g.add_argument("--icnn-init-gain", type=float, default=12.0,

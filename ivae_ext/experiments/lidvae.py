@@ -47,8 +47,8 @@ class ImageConfig:
     decoder_hidden: int = 512  # the MLP decoder (vae)
     decoder_layers: int = 3
     strong_convexity: float = 1.0  # LIDVAE: α of ψ₁ and ψ₂
-    lift: str = "identity"  # LIDVAE: "identity" | "learned" | "linear"
-    min_singular_value: float = 0.5
+    lift: str = "learned"  # LIDVAE: "learned" | "identity" | "linear"
+    min_singular_value: float = 1.5
     icnn_hidden: int = 256
     icnn_layers: int = 2
     icnn_init_gain: float = 12.0
@@ -238,13 +238,13 @@ VARIANTS = {
                  {"model": "vae", "beta": 0.2}),
     "lidvae_anchor": ("LIDVAE, official recipe", "learned unconstrained β (Linear + bias), α = 0",
                       {"model": "lidvae", "anchor_recipe": True}),
-    "lidvae": ("LIDVAE", "identity β, α = 1", {"model": "lidvae"}),
-    "lidvae_alpha0": ("ablation: LIDVAE, α = 0", "identity β, no strong convexity",
+    "lidvae": ("LIDVAE", "learned injective β (s ≥ 1.5), α = 1", {"model": "lidvae"}),
+    "lidvae_identity": ("LIDVAE, identity β", "the paper's fixed zero-padded identity β, α = 1",
+                        {"model": "lidvae", "lift": "identity"}),
+    "lidvae_alpha0": ("ablation: LIDVAE, α = 0", "learned injective β, no strong convexity",
                       {"model": "lidvae", "strong_convexity": 0.0}),
     "lidvae_linear": ("ablation: LIDVAE, unconstrained β", "learned Linear β (may lose rank), α = 1",
                       {"model": "lidvae", "lift": "linear"}),
-    "lidvae_learned": ("LIDVAE, learned injective β", "β = U diag(s) Vᵀ, s ≥ 0.5, α = 1",
-                       {"model": "lidvae", "lift": "learned"}),
 }
 DEFAULT_VARIANTS = tuple(VARIANTS)
 METRICS = ("au", "kl", "mi", "iw_ll", "neg_elbo")
