@@ -49,6 +49,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads (the CLI trains with 1)")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--icnn-hidden", type=int, default=None, help="override the ICNN width (default: the CLI's)")
+    p.add_argument("--icnn-layers", type=int, default=None, help="override the ICNN depth (default: the CLI's)")
     p.add_argument("--out", default=None, help="write the result as JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -56,7 +58,8 @@ def main(argv=None) -> dict:
     x = load_digits_binary().x_train[: args.batch_size]
     results = {}
     for name, overrides in (("lidvae", {}), ("lidvae_anchor", {"anchor_recipe": True})):
-        cfg = ImageConfig(model="lidvae", **overrides)
+        sizes = {k: v for k, v in (("icnn_hidden", args.icnn_hidden), ("icnn_layers", args.icnn_layers)) if v}
+        cfg = ImageConfig(model="lidvae", **overrides, **sizes)
         torch.manual_seed(0)
         fused_model = build_image_model(cfg, x.shape[1], "bernoulli")
         ref_model = build_image_model(cfg, x.shape[1], "bernoulli")
@@ -74,7 +77,7 @@ def main(argv=None) -> dict:
         print(f"{name}: training step, reference / fused = {results[name]['ratio_reference_over_fused']:.2f}x "
               f"(batch {args.batch_size}, {args.threads} thread(s), median of {args.rounds}; "
               f"|loss difference| {results[name]['loss_difference']:.1e})")
-    out = {"threads": args.threads, "rounds": args.rounds, "batch_size": args.batch_size, "results": results}
+    out = {"icnn_hidden": cfg.icnn_hidden, "icnn_layers": cfg.icnn_layers, "threads": args.threads, "rounds": args.rounds, "batch_size": args.batch_size, "results": results}
     if args.out:
         write_json(args.out, out)
     return out

@@ -122,14 +122,21 @@ def test_only_requested_gradients_are_computed():
     assert x.grad is None and A.grad is None and w.grad is None
 
 
-def test_tiled_cpu_kernels_match_the_aten_gemm_path(monkeypatch):
-    # IVAE_ICNN_CPU_PATH=aten runs the ATen-GEMM sequence CUDA uses (ops/icnn_map.cpp) on the CPU.
-    inputs = icnn_inputs(130, 6, 24, 3, dtype=torch.float32)
+@pytest.mark.parametrize("hidden", [24, 96])
+def test_tiled_cpu_kernels_match_the_aten_gemm_path(monkeypatch, hidden):
+    # IVAE_ICNN_CPU_PATH=aten|tiles forces the ATen-GEMM sequence CUDA uses (ops/icnn_map.cpp) or the
+    # tiles on the CPU; unset, H <= 64 takes the tiles and wider nets the ATen GEMMs.
+    inputs = icnn_inputs(130, 6, hidden, 3, dtype=torch.float32)
+    monkeypatch.setenv("IVAE_ICNN_CPU_PATH", "tiles")
     tiled = outputs_and_grads(icnn_map, inputs)
     monkeypatch.setenv("IVAE_ICNN_CPU_PATH", "aten")
     aten = outputs_and_grads(icnn_map, inputs)
+    monkeypatch.delenv("IVAE_ICNN_CPU_PATH")
+    default = outputs_and_grads(icnn_map, inputs)
     for name, got, want in zip(("psi", "grad") + NAMES, tiled, aten):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+    for got, want in zip(default, tiled if hidden <= 64 else aten):  # the default is exactly one of them
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("device", DEVICES)

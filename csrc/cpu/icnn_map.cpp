@@ -125,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> icnn_map_cpu(const at::Tensor& x,
                                                             const at::Tensor& w, const at::Tensor& alpha) {
   const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha);
   check_cpu_floating(args.x);
-  if (aten_path_requested()) return icnn_map_aten_path(args);
+  if (icnn_map_uses_aten_path(args.hidden)) return icnn_map_aten_path(args);
   const auto opts = args.x.options();
   const int64_t B = args.batch, d = args.dim, H = args.hidden;
   at::Tensor psi = at::empty({B}, opts), grad = at::empty({B, d}, opts);
@@ -208,7 +208,7 @@ SixGrads icnn_map_backward_cpu(const at::Tensor& grad_psi, const at::Tensor& gra
   check_cpu_floating(args.x);
   check_icnn_backward_args(args, grad_psi, grad_grad, saved);
   const at::Tensor saved_c = saved.contiguous();
-  if (aten_path_requested()) return icnn_map_backward_aten_path(grad_psi, grad_grad, args, saved_c, output_mask);
+  if (icnn_map_uses_aten_path(args.hidden)) return icnn_map_backward_aten_path(grad_psi, grad_grad, args, saved_c, output_mask);
   const at::Tensor psi_bar = grad_psi.contiguous(), g_bar = grad_grad.contiguous();
   const auto opts = args.x.options();
   const int64_t B = args.batch, d = args.dim, H = args.hidden;
