@@ -102,7 +102,9 @@ def fit(
     The model's parameters are (re)initialised from ``seed`` only by the caller; fit seeds the
     shuffling and the sampling noise. Every epoch it records the mean of each loss term in
     ``history["epochs"]``; ``on_epoch_end(epoch, model, record)`` may add entries (e.g. an MCC);
-    if it returns True it has changed the parameters, and Adam's moment estimates are reset.
+    if it returns True it has changed the parameters, and Adam's moment estimates are reset; if it
+    sets ``record["stop"] = True`` training ends after this epoch (early stopping; the checkpoint
+    remembers it, so resuming a stopped run trains no further).
     With ``checkpoint`` set, the state is written atomically after every epoch; ``resume=True``
     continues from it exactly. ``max_epochs_this_call`` stops early (to test resuming).
     Raises NaNLossError if the loss stops being finite. Returns the history.
@@ -137,6 +139,9 @@ def fit(
         torch.random.set_rng_state(state["torch_rng"])
         history = state["history"]
         start_epoch = state["epoch"]
+        if history["epochs"] and history["epochs"][-1].get("stop"):
+            model.eval()
+            return history  # the run stopped early: resuming it trains no further
     n_batches = math.ceil(len(x) / batch_size)
     stop = epochs if max_epochs_this_call is None else min(epochs, start_epoch + max_epochs_this_call)
     bar = tqdm(total=(stop - start_epoch) * n_batches, disable=not progress, desc="fit", leave=False)
@@ -194,6 +199,8 @@ def fit(
                 },
                 checkpoint,
             )
+        if record.get("stop"):
+            break
     bar.close()
     model.eval()
     return history

@@ -24,7 +24,7 @@ from ivae_ext.experiments.lidvae import (
 )
 
 TINY = {"latent_dim": 3, "encoder_hidden": 16, "decoder_hidden": 16, "icnn_hidden": 8, "epochs": 4, "val_every": 2,
-        "iw_samples": 7, "progress": False}
+        "iw_samples": 7, "progress": False, "patience": 0}
 
 
 @pytest.fixture(autouse=True)
@@ -163,3 +163,14 @@ def test_claim_checks_can_fail():
 def test_variants_cover_the_comparison():
     assert {"vae", "beta_vae", "lidvae_anchor", "lidvae", "lidvae_alpha0", "lidvae_linear"} <= set(VARIANTS)
     assert VARIANTS["lidvae_anchor"][2]["anchor_recipe"] is True
+
+
+def test_early_stopping_on_the_validation_objective(tmp_path, binary_npz):
+    # lr 0 keeps the parameters: the validation −ELBO (same seed each evaluation) never improves
+    # after the first evaluation, so training stops `patience` epochs after it
+    cfg = ImageConfig(model="vae", data=binary_npz, **{**TINY, "epochs": 20, "val_every": 1, "patience": 3, "lr": 0.0})
+    m = run_image_train(cfg, str(tmp_path), log=_quiet)
+    assert m["selected_epoch"] == 1 and m["epochs_trained"] == 4
+    assert m["history"][-1]["stop"] is True and len(m["history"]) == 4
+    with pytest.raises(ValueError, match="patience must be an int >= 0"):
+        ImageConfig(patience=-1)

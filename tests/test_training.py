@@ -66,3 +66,22 @@ def test_mismatched_lengths_are_an_error():
     model, x, u = _setup()
     with pytest.raises(ValueError, match="same number of rows"):
         fit(model, x, u[:10], epochs=1, progress=False)
+
+
+def test_hook_can_stop_training_and_a_stopped_run_stays_stopped(tmp_path):
+    kw = dict(epochs=6, batch_size=16, lr=1e-2, seed=5, progress=False, schedule="none")
+
+    def stop_at_3(epoch, model, record):
+        if epoch == 3:
+            record["stop"] = True
+        return False
+
+    model, x, u = _setup()
+    ckpt = str(tmp_path / "ckpt.pt")
+    history = fit(model, x, u, checkpoint=ckpt, on_epoch_end=stop_at_3, **kw)
+    assert [r["epoch"] for r in history["epochs"]] == [1, 2, 3] and history["epochs"][-1]["stop"]
+    stopped = {k: v.clone() for k, v in model.state_dict().items()}
+    model2, _, _ = _setup()
+    resumed = fit(model2, x, u, checkpoint=ckpt, resume=True, **kw)  # trains no further
+    assert [r["epoch"] for r in resumed["epochs"]] == [1, 2, 3]
+    assert all(torch.equal(v, stopped[k]) for k, v in model2.state_dict().items())

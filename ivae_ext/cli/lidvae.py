@@ -18,7 +18,8 @@ MODEL_HELP = "LIDVAE (injective Brenier-map decoder) or the VAE with an MLP deco
 TRAIN_HELP = "train one model and write metrics.json, curves.png, images.png"
 TRAIN_DESCRIPTION = (
     "Train a LIDVAE or a VAE on images. The parameters reported are those of the best validation "
-    "−ELBO (10% of the training split, every --val-every epochs). Writes OUT/metrics.json (AU, KL, "
+    "−ELBO (10% of the training split, every --val-every epochs; training stops after --patience "
+    "epochs without improvement). Writes OUT/metrics.json (AU, KL, "
     "MI, IW-LL, −ELBO on the test split, per-latent variance and decoder sensitivity, wall time, "
     "config), OUT/curves.png, OUT/images.png (test images, reconstructions, samples), OUT/model.pt "
     "and checkpoints for --resume."
@@ -93,7 +94,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_train_args(p: argparse.ArgumentParser, reproduce: bool = False) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=300, help="passes over the data")
+    g.add_argument("--epochs", type=int, default=500, help="passes over the data, at most")
+    g.add_argument("--patience", type=int, default=100,
+                   help="stop once the validation -ELBO has not improved for this many epochs (0: never)")
     g.add_argument("--batch-size", type=int, default=100, help="minibatch size")
     g.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     g.add_argument("--clip-grad", type=float, default=5.0, help="max gradient norm (0 disables)")
@@ -107,7 +110,7 @@ def _add_train_args(p: argparse.ArgumentParser, reproduce: bool = False) -> None
 
 KEYS = ("latent_dim", "likelihood", "decoder_var", "learn_decoder_var", "prior", "components", "beta",
         "encoder_hidden", "encoder_layers", "decoder_hidden", "decoder_layers", "strong_convexity", "lift",
-        "min_singular_value", "icnn_hidden", "icnn_layers", "icnn_init_gain", "anchor_recipe", "epochs",
+        "min_singular_value", "icnn_hidden", "icnn_layers", "icnn_init_gain", "anchor_recipe", "epochs", "patience",
         "batch_size", "lr", "clip_grad", "val_every", "iw_samples")
 
 

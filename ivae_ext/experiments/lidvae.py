@@ -2,8 +2,9 @@
 comparison ``reproduce lidvae`` (VAE, β-VAE, LIDVAE with the official recipe, LIDVAE, ablations).
 
 Model selection is by the validation objective only: a fixed 10% of the training split is held
-out, the negative ELBO on it is evaluated every ``val_every`` epochs (and at the last), and the
-parameters of the best evaluation are the ones reported. Every metric is computed on the test
+out, the negative ELBO on it is evaluated every ``val_every`` epochs (and at the last), the
+parameters of the best evaluation are the ones reported, and training stops once ``patience``
+epochs have passed without a better one (at most ``epochs``). Every metric is computed on the test
 split. Files are written atomically; ``resume`` continues an interrupted run bit for bit.
 """
 
@@ -53,7 +54,8 @@ class ImageConfig:
     icnn_layers: int = 2
     icnn_init_gain: float = 12.0
     anchor_recipe: bool = False
-    epochs: int = 300
+    epochs: int = 500  # at most; training stops earlier once the validation −ELBO stops improving
+    patience: int = 100  # epochs without a better validation −ELBO before stopping (0: never stop early)
     batch_size: int = 100
     lr: float = 3e-3
     clip_grad: float = 5.0
@@ -70,6 +72,8 @@ class ImageConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
+            raise ValueError(f"patience must be an int >= 0, got {self.patience!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction!r}")
         if self.likelihood not in ("auto", "bernoulli", "gaussian"):
@@ -195,17 +199,21 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
         if record["val_neg_elbo"] < best["val_neg_elbo"]:
             best.update(epoch=epoch, val_neg_elbo=record["val_neg_elbo"], state=copy.deepcopy(m.state_dict()))
             save_state_dict_atomic(best, best_path)
+        elif cfg.patience and epoch - best["epoch"] >= cfg.patience:
+            record["stop"] = True  # early stopping on the validation objective
         return False
 
     history = fit(model, x_fit, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="none",
                   clip_grad=cfg.clip_grad, seed=cfg.seed, checkpoint=ckpt, resume=has_ckpt, progress=cfg.progress,
                   on_epoch_end=validate)
     train_time = history["wall_time"]
+    epochs_trained = history["epochs"][-1]["epoch"] if history["epochs"] else 0
     model.load_state_dict(best["state"])
     metrics = evaluate_image_model(model, x_test, cfg.iw_samples)
     metrics.update({
         "model": cfg.model,
         "selected_epoch": best["epoch"],
+        "epochs_trained": epochs_trained,
         "val_neg_elbo": best["val_neg_elbo"],
         "train_time_s": train_time,
         "wall_time_s": time.perf_counter() - t_start,
