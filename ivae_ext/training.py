@@ -96,6 +96,7 @@ def fit(
     progress: bool = True,
     on_epoch_end: Callable[[int, torch.nn.Module, dict], None] | None = None,
     max_epochs_this_call: int | None = None,
+    checkpoint_every: int = 1,
 ) -> dict:
     """Train ``model`` on x (and u) by minimising ``model.loss(batch)["loss"]`` with Adam.
 
@@ -106,7 +107,10 @@ def fit(
     sets ``record["stop"] = True`` training ends after this epoch (early stopping; the checkpoint
     remembers it, so resuming a stopped run trains no further).
     With ``checkpoint`` set, the state is written atomically after every epoch; ``resume=True``
-    continues from it exactly. ``max_epochs_this_call`` stops early (to test resuming).
+    continues from it exactly. ``checkpoint_every``: write it every this many epochs (and at the
+    last epoch and at a stop); resuming from an older checkpoint redoes the epochs since, with
+    the same result, so this trades disk writes for recomputation after a crash.
+    ``max_epochs_this_call`` stops early (to test resuming).
     Raises NaNLossError if the loss stops being finite. Returns the history.
     """
     dtype = next(model.parameters()).dtype
@@ -116,6 +120,8 @@ def fit(
         raise ValueError(f"x and u must have the same number of rows, got {len(x)} and {len(u)}")
     if len(x) == 0:
         raise ValueError("x is empty")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
     if hasattr(model, "dataset_size"):
         model.dataset_size = len(x)
     params = list(model.parameters())
@@ -186,7 +192,8 @@ def fit(
         if on_epoch_end is not None and on_epoch_end(epoch + 1, model, record):
             optimizer.state.clear()  # the hook moved the parameters: stale moments would misdirect the steps
         history["epochs"].append(record)
-        if checkpoint is not None:
+        due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == stop or record.get("stop")
+        if checkpoint is not None and due:
             save_atomic(
                 {
                     "model": model.state_dict(),

@@ -85,3 +85,20 @@ def test_hook_can_stop_training_and_a_stopped_run_stays_stopped(tmp_path):
     resumed = fit(model2, x, u, checkpoint=ckpt, resume=True, **kw)  # trains no further
     assert [r["epoch"] for r in resumed["epochs"]] == [1, 2, 3]
     assert all(torch.equal(v, stopped[k]) for k, v in model2.state_dict().items())
+
+
+def test_sparse_checkpoints_resume_bit_identically(tmp_path):
+    kw = dict(epochs=5, batch_size=16, lr=1e-2, seed=5, progress=False, schedule="cosine")
+    model, x, u = _setup()
+    full = fit(model, x, u, **kw)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    ckpt = str(tmp_path / "ckpt.pt")
+    model2, _, _ = _setup()
+    fit(model2, x, u, checkpoint=ckpt, checkpoint_every=2, max_epochs_this_call=3, **kw)
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 3  # the call's last epoch is always written
+    model3, _, _ = _setup()
+    resumed = fit(model3, x, u, checkpoint=ckpt, resume=True, checkpoint_every=2, **kw)
+    assert all(torch.equal(v, expected[k]) for k, v in model3.state_dict().items())
+    assert [r["loss"] for r in resumed["epochs"]] == [r["loss"] for r in full["epochs"]]
+    with pytest.raises(ValueError, match="checkpoint_every must be an int >= 1"):
+        fit(model3, x, u, checkpoint_every=0, **kw)

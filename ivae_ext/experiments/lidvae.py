@@ -205,7 +205,7 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
 
     history = fit(model, x_fit, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="none",
                   clip_grad=cfg.clip_grad, seed=cfg.seed, checkpoint=ckpt, resume=has_ckpt, progress=cfg.progress,
-                  on_epoch_end=validate)
+                  on_epoch_end=validate, checkpoint_every=cfg.val_every)
     train_time = history["wall_time"]
     epochs_trained = history["epochs"][-1]["epoch"] if history["epochs"] else 0
     model.load_state_dict(best["state"])
@@ -282,7 +282,9 @@ def reproduce_lidvae(base: ImageConfig, seeds, out: str, variants=DEFAULT_VARIAN
     base_dict = {**asdict(base), "progress": False}
     valid = {f.name for f in fields(ImageConfig)}
     jobs_list = []
-    for variant in variants:
+    # the slowest models first, so the cheap baselines fill the workers' gaps at the end
+    order = sorted(variants, key=lambda v: (VARIANTS[v][2].get("model") != "lidvae", list(variants).index(v)))
+    for variant in order:
         for seed in seeds:
             cfg = {**base_dict, **VARIANTS[variant][2], "seed": seed}
             assert set(cfg) <= valid
