@@ -18,20 +18,15 @@ neither (no α term; β a learned unconstrained Dense layer whose singular-value
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ivae_ext.models.latent_vae import LatentVAE, _check_choice, _check_int, check_sizes
 from ivae_ext.nn import BrenierMap
+from ivae_ext.nn.icnn import _inverse_softplus
 
 LIFTS = ("identity", "learned", "linear")
-
-
-def _inverse_softplus(y: float) -> float:
-    return y + math.log(-math.expm1(-y))
 
 
 def _orthonormal_columns(raw: torch.Tensor) -> torch.Tensor:
