@@ -11,6 +11,7 @@ shared machine. The model is the reproduction's LIDVAE on digits (D = 64, d = 16
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -24,22 +25,17 @@ from ivae_ext.data import load_digits_binary  # noqa: E402
 from ivae_ext.experiments.common import write_json  # noqa: E402
 from ivae_ext.experiments.lidvae import ImageConfig, build_image_model  # noqa: E402
 from ivae_ext.ops import use_reference_ops  # noqa: E402
+from ivae_ext.training import backward_and_step, make_optimizer  # noqa: E402
 
 
-def make_step(model, x, reference: bool):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+def make_step(model, x, clip_grad: float, reference: bool):
+    """One step exactly as ``ivae_ext.training.fit`` takes it (fused Adam, gradient clipping)."""
+    opt = make_optimizer(model, lr=1e-4)
 
     def step():
-        if reference:
-            with use_reference_ops():
-                loss = model.loss({"x": x})["loss"]
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-        else:
+        with use_reference_ops() if reference else contextlib.nullcontext():
             loss = model.loss({"x": x})["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        opt.step()
+            backward_and_step(model, opt, loss, clip_grad)
 
     return step
 
@@ -70,7 +66,8 @@ def main(argv=None) -> dict:
             torch.manual_seed(1)
             with use_reference_ops():
                 b = ref_model.loss({"x": x})["loss"]
-        times = median_times({"fused": make_step(fused_model, x, False), "reference": make_step(ref_model, x, True)},
+        times = median_times({"fused": make_step(fused_model, x, cfg.clip_grad, False),
+                              "reference": make_step(ref_model, x, cfg.clip_grad, True)},
                              rounds=args.rounds)
         results[name] = {"ratio_reference_over_fused": times["reference"] / times["fused"],
                          "loss_difference": float((a - b).abs())}

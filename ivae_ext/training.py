@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -80,6 +81,51 @@ def evaluate_loss(model, x, u=None, batch_size: int = 256, seed: int = 0) -> dic
     return {k: v / len(x) for k, v in totals.items()}
 
 
+@dataclass
+class EarlyStopping:
+    """Model selection and early stopping on a validation loss (lower is better).
+
+    ``update(epoch, value)`` returns (is_best, stop): is_best when value is the lowest so far (the
+    epoch to select); stop once ``patience`` epochs have passed since the last value that beat the
+    one before it by more than ``min_improvement`` (so a slow drift of tiny gains, noise on a
+    converged model, does not keep training alive; such a gain can still be the selected epoch).
+    patience 0 never stops. A plain dataclass so that it goes into a checkpoint as is."""
+
+    patience: int
+    min_improvement: float = 0.0
+    best_epoch: int | None = None
+    best_value: float = math.inf
+    progress_epoch: int = 0
+    progress_value: float = math.inf
+
+    def update(self, epoch: int, value: float) -> tuple[bool, bool]:
+        is_best = value < self.best_value
+        if is_best:
+            self.best_epoch, self.best_value = epoch, value
+        if value < self.progress_value - self.min_improvement:
+            self.progress_epoch, self.progress_value = epoch, value
+            return is_best, False
+        return is_best, bool(self.patience) and epoch - self.progress_epoch >= self.patience
+
+
+def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+    """The Adam every training run uses: fused (one kernel for all parameters) where torch has it;
+    the per-parameter loop is a third of a small model's step time on the CPU."""
+    params = list(model.parameters())
+    fused = all(p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused)
+
+
+def backward_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+                      clip_grad: float | None) -> None:
+    """One optimisation step on ``loss``: gradients, optional clipping of their global norm, Adam."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+
+
 def fit(
     model: torch.nn.Module,
     x,
@@ -124,10 +170,7 @@ def fit(
         raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
     if hasattr(model, "dataset_size"):
         model.dataset_size = len(x)
-    params = list(model.parameters())
-    # the fused Adam step (one kernel for all parameters) is a third of the step time here on the CPU
-    fused = all(p.dtype in (torch.float32, torch.float64) and p.device.type in ("cpu", "cuda") for p in params)
-    optimizer = torch.optim.Adam(params, lr=lr, fused=fused)
+    optimizer = make_optimizer(model, lr)
     scheduler = _make_scheduler(optimizer, schedule, epochs)
     shuffle = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -170,11 +213,7 @@ def fit(
                     f"loss is {float(loss.detach())} at epoch {epoch + 1}, batch {i + 1}/{n_batches} ({detail}); "
                     f"lower the learning rate (now {optimizer.param_groups[0]['lr']:.3g}) or set gradient clipping"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
+            backward_and_step(model, optimizer, loss, clip_grad)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.update(1)

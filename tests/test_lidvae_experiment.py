@@ -174,3 +174,10 @@ def test_early_stopping_on_the_validation_objective(tmp_path, binary_npz):
     assert m["history"][-1]["stop"] is True and len(m["history"]) == 4
     with pytest.raises(ValueError, match="patience must be an int >= 0"):
         ImageConfig(patience=-1)
+
+
+def test_min_improvement_is_validated():
+    with pytest.raises(ValueError, match="min_improvement must be a finite number >= 0"):
+        ImageConfig(min_improvement=-0.1)
+    with pytest.raises(ValueError, match="min_improvement must be a finite number >= 0"):
+        ImageConfig(min_improvement=float("nan"))

@@ -9,7 +9,7 @@ import torch
 from ivae_ext import fit
 from ivae_ext.data import make_nonlinear_ica
 from ivae_ext.models import IVAE
-from ivae_ext.training import NaNLossError
+from ivae_ext.training import EarlyStopping, NaNLossError
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*compiled extension.*")
 
@@ -102,3 +102,23 @@ def test_sparse_checkpoints_resume_bit_identically(tmp_path):
     assert [r["loss"] for r in resumed["epochs"]] == [r["loss"] for r in full["epochs"]]
     with pytest.raises(ValueError, match="checkpoint_every must be an int >= 1"):
         fit(model3, x, u, checkpoint_every=0, **kw)
+
+
+def test_early_stopping_selects_the_lowest_and_stops_after_patience_without_real_progress():
+    stop = EarlyStopping(patience=20, min_improvement=0.1)
+    # a real gain at 10, then tiny gains (< 0.1 each) that are selected but do not restart the patience
+    values = {10: 5.0, 20: 4.95, 30: 4.92, 40: 4.91}
+    seen = [stop.update(e, v) for e, v in values.items()]
+    assert seen == [(True, False), (True, False), (True, True), (True, True)]
+    assert (stop.best_epoch, stop.best_value) == (40, 4.91)
+    # a gain above min_improvement restarts it
+    stop = EarlyStopping(patience=20, min_improvement=0.1)
+    assert [stop.update(e, v) for e, v in ((10, 5.0), (20, 4.8), (30, 4.85), (40, 4.79))] == [
+        (True, False), (True, False), (False, False), (True, True)]
+    assert stop.best_epoch == 40
+
+
+def test_early_stopping_with_patience_zero_never_stops():
+    stop = EarlyStopping(patience=0)
+    assert all(not stop.update(e, 1.0)[1] for e in range(1, 100))
+    assert stop.best_epoch == 1

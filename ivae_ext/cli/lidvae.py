@@ -96,7 +96,11 @@ def _add_train_args(p: argparse.ArgumentParser, reproduce: bool = False) -> None
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=500, help="passes over the data, at most")
     g.add_argument("--patience", type=int, default=100,
-                   help="stop once the validation -ELBO has not improved for this many epochs (0: never)")
+                   help="stop once the validation -ELBO has not improved by --min-improvement for this many "
+                        "epochs (0: never)")
+    g.add_argument("--min-improvement", type=float, default=0.01,
+                   help="nats per point: a smaller gain in the validation -ELBO does not restart the patience "
+                        "(it can still be the selected epoch)")
     g.add_argument("--batch-size", type=int, default=100, help="minibatch size")
     g.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
     g.add_argument("--clip-grad", type=float, default=5.0, help="max gradient norm (0 disables)")
@@ -111,7 +115,7 @@ def _add_train_args(p: argparse.ArgumentParser, reproduce: bool = False) -> None
 KEYS = ("latent_dim", "likelihood", "decoder_var", "learn_decoder_var", "prior", "components", "beta",
         "encoder_hidden", "encoder_layers", "decoder_hidden", "decoder_layers", "strong_convexity", "lift",
         "min_singular_value", "icnn_hidden", "icnn_layers", "icnn_init_gain", "anchor_recipe", "epochs", "patience",
-        "batch_size", "lr", "clip_grad", "val_every", "iw_samples")
+        "min_improvement", "batch_size", "lr", "clip_grad", "val_every", "iw_samples")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:

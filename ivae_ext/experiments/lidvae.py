@@ -24,7 +24,7 @@ from ivae_ext.experiments.common import load_json, mean_std, plot_curves, save_s
 from ivae_ext.metrics import active_units, decoder_sensitivity, iw_log_likelihood, kl_per_latent, mutual_information
 from ivae_ext.models.latent_vae import MLPVAE
 from ivae_ext.models.lidvae import LIDVAE
-from ivae_ext.training import evaluate_loss, fit
+from ivae_ext.training import EarlyStopping, evaluate_loss, fit
 
 MODELS = ("lidvae", "vae")
 
@@ -56,6 +56,7 @@ class ImageConfig:
     anchor_recipe: bool = False
     epochs: int = 500  # at most; training stops earlier once the validation −ELBO stops improving
     patience: int = 100  # epochs without a better validation −ELBO before stopping (0: never stop early)
+    min_improvement: float = 0.01  # nats: a smaller gain does not reset the patience (it may still be selected)
     batch_size: int = 100
     lr: float = 3e-3
     clip_grad: float = 5.0
@@ -74,6 +75,8 @@ class ImageConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
             raise ValueError(f"patience must be an int >= 0, got {self.patience!r}")
+        if not (isinstance(self.min_improvement, (int, float)) and 0 <= self.min_improvement < float("inf")):
+            raise ValueError(f"min_improvement must be a finite number >= 0, got {self.min_improvement!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction!r}")
         if self.likelihood not in ("auto", "bernoulli", "gaussian"):
@@ -186,7 +189,8 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
     model = build_image_model(cfg, data.dim, likelihood)
     ckpt, best_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, "best.pt")
     has_ckpt = resume and os.path.exists(ckpt)
-    best = {"epoch": None, "val_neg_elbo": float("inf"), "state": None}
+    # the selected state (lowest validation −ELBO) and the stopping rule's state, saved together
+    best = {"state": None, "stopping": EarlyStopping(cfg.patience, cfg.min_improvement)}
     if has_ckpt and os.path.exists(best_path):
         best = torch.load(best_path, weights_only=False)
 
@@ -196,11 +200,12 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
         terms = evaluate_loss(m, x_val, batch_size=500, seed=0)
         m.train()
         record["val_neg_elbo"] = terms["recon"] + terms["kl"]  # β = 1: the ELBO, whatever β trains
-        if record["val_neg_elbo"] < best["val_neg_elbo"]:
-            best.update(epoch=epoch, val_neg_elbo=record["val_neg_elbo"], state=copy.deepcopy(m.state_dict()))
-            save_state_dict_atomic(best, best_path)
-        elif cfg.patience and epoch - best["epoch"] >= cfg.patience:
+        is_best, stop = best["stopping"].update(epoch, record["val_neg_elbo"])
+        if is_best:
+            best["state"] = copy.deepcopy(m.state_dict())
+        if stop:
             record["stop"] = True  # early stopping on the validation objective
+        save_state_dict_atomic(best, best_path)
         return False
 
     history = fit(model, x_fit, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="none",
@@ -212,9 +217,9 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
     metrics = evaluate_image_model(model, x_test, cfg.iw_samples)
     metrics.update({
         "model": cfg.model,
-        "selected_epoch": best["epoch"],
+        "selected_epoch": best["stopping"].best_epoch,
         "epochs_trained": epochs_trained,
-        "val_neg_elbo": best["val_neg_elbo"],
+        "val_neg_elbo": best["stopping"].best_value,
         "train_time_s": train_time,
         "wall_time_s": time.perf_counter() - t_start,
         "n_fit": len(x_fit), "n_val": len(x_val), "n_test": len(x_test),
@@ -233,7 +238,7 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
     write_json(os.path.join(out, "metrics.json"), metrics)
     log(f"  {name} seed {cfg.seed}: AU {metrics['au']}/{cfg.latent_dim}, KL {metrics['kl']:.2f}, MI "
         f"{metrics['mi']:.2f}, IW-LL {metrics['iw_ll']:.2f}, -ELBO {metrics['neg_elbo']:.2f} (epoch "
-        f"{best['epoch']}, {train_time:.0f} s)")
+        f"{best['stopping'].best_epoch}, {train_time:.0f} s)")
     return metrics
 
 

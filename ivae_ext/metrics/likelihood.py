@@ -46,7 +46,7 @@ def iw_log_likelihood(
     samples: int = 500,
     log_prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
     family: str = "gaussian",
-    chunk_size: int = 100,
+    chunk_size: int | None = None,
     generator: torch.Generator | None = None,
 ) -> IWEstimate:
     """Importance-weighted log p(x) per point with K = ``samples`` draws from the posterior.
@@ -57,12 +57,17 @@ def iw_log_likelihood(
         x: [N, D] data; q_loc, q_log_scale: [N, d] its factorized posterior (log σ for
             "gaussian", log b for "laplace").
         log_prior: z [m, d] -> log p(z) [m]; default the standard normal N(0, I).
-        chunk_size: points per chunk (memory ~ chunk_size · samples · (D + d)).
+        chunk_size: points per chunk (memory ~ chunk_size · samples · (D + d)); default
+            ⌈4096 / samples⌉, about 4096 decoder rows per call: larger calls are slower, not faster
+            (with 500 samples, 100 points per chunk took 2.4× as long as 8 on digits' LIDVAE, the
+            decoder's activations no longer fitting in cache).
         generator: seeds the draws.
     """
     fname = "iw_log_likelihood"
     if family not in FAMILIES:
         raise ValueError(f"{fname}: family must be one of {FAMILIES}, got {family!r}")
+    if chunk_size is None and isinstance(samples, int):
+        chunk_size = max(1, -(-4096 // max(samples, 1)))
     for name, value in (("samples", samples), ("chunk_size", chunk_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{fname}: {name} must be an int >= 1, got {value!r}")
