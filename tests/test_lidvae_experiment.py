@@ -181,3 +181,21 @@ def test_min_improvement_is_validated():
         ImageConfig(min_improvement=-0.1)
     with pytest.raises(ValueError, match="min_improvement must be a finite number >= 0"):
         ImageConfig(min_improvement=float("nan"))
+
+
+def test_step_benchmark_runs_and_its_three_steps_agree(tmp_path):
+    """benchmarks/lidvae_step.py: one round on a narrow ICNN; its output (the ratios' inputs) and
+    the fused/reference loss agreement, not timings (noise)."""
+    import math
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    import lidvae_step
+
+    out = lidvae_step.main(["--rounds", "1", "--icnn-hidden", "16", "--batch-size", "20",
+                            "--out", str(tmp_path / "step.json")])
+    assert set(out["results"]) == {"lidvae", "lidvae_anchor"}
+    for r in out["results"].values():
+        assert r["loss_difference"] < 1e-3
+        assert all(math.isfinite(r[k]) and r[k] > 0 for k in ("ratio_reference_over_fused", "ratio_bound_with_free_icnns"))
+    assert json.load(open(tmp_path / "step.json"))["icnn_hidden"] == 16

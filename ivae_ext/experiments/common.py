@@ -114,3 +114,27 @@ def plot_curves(path: str, history_epochs: list, title: str, metric_key: str | N
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
+
+
+def run_in_processes(worker, work: list, processes: int, on_result=None) -> dict:
+    """Run worker(arg) for every (key, arg) in `work`, in order, on `processes` spawned processes
+    (in this process when processes <= 1); returns {key: result} and calls on_result(key, result)
+    as each finishes. `worker` must be importable (a module-level function)."""
+    results: dict = {}
+    if processes <= 1:
+        for key, arg in work:
+            results[key] = worker(arg)
+            if on_result:
+                on_result(key, results[key])
+        return results
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(worker, arg): key for key, arg in work}
+        for future in as_completed(futures):
+            key = futures[future]
+            results[key] = future.result()
+            if on_result:
+                on_result(key, results[key])
+    return results

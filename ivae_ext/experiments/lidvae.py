@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ivae_ext.data.images import ImageData, load_image_data
-from ivae_ext.experiments.common import load_json, mean_std, plot_curves, save_state_dict_atomic, write_atomic, \
-    write_json, write_text
+from ivae_ext.experiments.common import load_json, mean_std, plot_curves, run_in_processes, save_state_dict_atomic, \
+    write_atomic, write_json, write_text
 from ivae_ext.metrics import active_units, decoder_sensitivity, iw_log_likelihood, kl_per_latent, mutual_information
 from ivae_ext.models.latent_vae import MLPVAE
 from ivae_ext.models.lidvae import LIDVAE
@@ -277,9 +277,6 @@ def reproduce_lidvae(base: ImageConfig, seeds, out: str, variants=DEFAULT_VARIAN
                      resume: bool = False, log=print) -> dict:
     """Every variant on every seed (runs spread over `jobs` processes); writes table.md and
     table.json (per-seed metrics, mean ± std, the claim checks) into `out`."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    from multiprocessing import get_context
-
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
@@ -294,18 +291,7 @@ def reproduce_lidvae(base: ImageConfig, seeds, out: str, variants=DEFAULT_VARIAN
             cfg = {**base_dict, **VARIANTS[variant][2], "seed": seed}
             assert set(cfg) <= valid
             jobs_list.append(((variant, seed), (cfg, os.path.join(out, variant, f"seed{seed}"), resume)))
-    results: dict = {}
-    if jobs <= 1:
-        for key, job in jobs_list:
-            results[key] = _run_job(job)
-            _log_run(log, key, results[key])
-    else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_job, job): key for key, job in jobs_list}
-            for future in as_completed(futures):
-                key = futures[future]
-                results[key] = future.result()
-                _log_run(log, key, results[key])
+    results = run_in_processes(_run_job, jobs_list, jobs, lambda key, metrics: _log_run(log, key, metrics))
     rows = {}
     for variant in variants:
         per_seed = [results[(variant, s)] for s in seeds]
