@@ -1,5 +1,6 @@
 """Data: the piecewise-stationary nonlinear ICA generator, the .npz loader, and image data for
-the LIDVAE experiments (binarised sklearn digits, MNIST-style IDX files, image .npz)."""
+the LIDVAE experiments (binarised sklearn digits, MNIST-style IDX files, image .npz), and
+mixed sources for the IMA-VAE experiments (Möbius, Möbius + linear, MLP mixings; .npz)."""
 
 from ivae_ext.data.images import (
     ImageData,
@@ -10,10 +11,15 @@ from ivae_ext.data.images import (
     load_npz_images,
     split_indices,
 )
+from ivae_ext.data.ima import IMAData, load_ima_data, load_ima_npz, make_ima_data
 from ivae_ext.data.npz import DataFormatError, load_npz
 from ivae_ext.data.synthetic import NonlinearICAData, make_nonlinear_ica
 
 __all__ = [
+    "IMAData",
+    "load_ima_data",
+    "load_ima_npz",
+    "make_ima_data",
     "NonlinearICAData",
     "make_nonlinear_ica",
     "load_npz",

@@ -3,7 +3,9 @@
 - ``common``: atomic writing (``write_atomic``, ``write_json``, ``write_text``,
   ``save_state_dict_atomic``), ``load_json``, ``mean_std`` and ``plot_curves``;
 - ``ivae``: iVAE / VAE on synthetic nonlinear-ICA data or a user's .npz (``run_train``) and the
-  iVAE-vs-VAE reproduction (``reproduce_ivae``).
+  iVAE-vs-VAE reproduction (``reproduce_ivae``);
+- ``lidvae``: LIDVAE and its baselines on images (``run_image_train``, ``reproduce_lidvae``);
+- ``ima``: the IMA-VAE on mixed sources (``run_ima_train``, ``reproduce_ima``).
 
 Everything that used to live in the single module ``ivae_ext.experiments`` is re-exported here.
 """
