@@ -112,7 +112,7 @@ def main(argv=None) -> int:
         best = r["largest"]
         note = " (search capped: time-bound, not memory-bound)" if r["bounded_by_max_size"] else ""
         if best is None:
-            print(f"  -> none from 512 up fits")
+            print("  -> none from 512 up fits")
         else:
             print(f"  -> {best['size']} at {best['peak_extra_bytes'] / 2**20:.1f} MiB{note}")
     if args.out:
