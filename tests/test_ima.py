@@ -258,8 +258,10 @@ def test_claim_checks():
     good = ima_claim_checks({"moebius_0.0001": row(0.97, 0.004, 3.0), "moebius_1e-05": row(0.96, 0.008, 3.0),
                              "moebius_0.1": row(0.2, 1.0, 0.05)}, 2)
     assert good["moebius_0.0001_recovers"] and good["moebius_1e-05_recovers"] and good["moebius_0.1_collapses"]
-    bad = ima_claim_checks({"moebius_0.0001": row(0.94, 0.004, 3.0), "moebius_0.1": row(0.2, 1.0, 0.2)}, 2)
+    bad = ima_claim_checks({"moebius_0.0001": row(0.94, 0.004, 3.0), "moebius_0.1": row(0.2, 1.0, 0.2),
+                            "moebius_0.0001_annealed": row(0.97, 0.02, 3.0)}, 2)
     assert not bad["moebius_0.0001_recovers"] and not bad["moebius_0.1_collapses"]
+    assert not bad["moebius_0.0001_annealed_recovers"] and bad["moebius_0.0001_annealed_min_mcc"] == 0.97
 
 
 def test_cli_train_and_reproduce(tmp_path, capsys):
@@ -278,3 +280,21 @@ def test_cli_train_and_reproduce(tmp_path, capsys):
     assert "| Möbius, decoder var 0.1 |" in open(os.path.join(rep, "table.md")).read()
     with pytest.raises(SystemExit):
         main(["train", "--model", "ima", "--prior", "beta", "--out", out])
+
+
+def test_gamma_annealing_schedule_and_selection_at_the_target(tmp_path):
+    from ivae_ext.experiments.ima import annealed_decoder_var
+
+    cfg = IMAConfig(anneal_epochs=4, anneal_factor=100.0, epochs=10)
+    values = [annealed_decoder_var(e, cfg, 1e-4) for e in range(6)]
+    assert values[0] == pytest.approx(1e-2) and values[2] == pytest.approx(1e-3) and values[4:] == [1e-4, 1e-4]
+    run = IMAConfig(**{**TINY, "epochs": 6, "anneal_epochs": 3, "anneal_factor": 100.0, "decoder_var": 1e-3})
+    m = run_ima_train(run, str(tmp_path), log=_quiet)
+    trained = [r["decoder_var"] for r in m["history"][:3]]
+    assert trained == pytest.approx([0.1, 0.1 * 100 ** (-1 / 3), 0.1 * 100 ** (-2 / 3)])
+    assert all("val_neg_elbo" not in r for r in m["history"][:2]) and m["selected_epoch"] >= 3
+    assert m["decoder_var"] == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="anneal_epochs .* must be below epochs"):
+        IMAConfig(anneal_epochs=10, epochs=10)
+    with pytest.raises(ValueError, match="anneal_factor must be a finite number >= 1"):
+        IMAConfig(anneal_factor=0.5)

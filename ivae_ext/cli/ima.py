@@ -66,6 +66,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--decoder-var", type=float, default=1e-4, help="the decoder's fixed variance γ⁻² (absolute)")
     g.add_argument("--decoder-var-relative", type=float, default=None,
                    help="instead: this times the training data's mean per-dimension variance")
+    g.add_argument("--anneal-epochs", type=int, default=0,
+                   help="γ annealing: start at --anneal-factor × the decoder variance and shrink it geometrically "
+                        "to it over this many epochs (0: off); the model is selected at the target variance only")
+    g.add_argument("--anneal-factor", type=float, default=1000.0, help="see --anneal-epochs")
     g.add_argument("--hidden-dim", type=int, default=None, help="MLP width (default 10 × sources)")
     g.add_argument("--n-layers", type=int, default=2, help="linear layers of encoder and decoder")
     g.add_argument("--activation", choices=ACTIVATIONS, default="lrelu",
@@ -91,6 +95,7 @@ def _add_train_args(p: argparse.ArgumentParser, reproduce: bool = False) -> None
 
 
 KEYS = ("n_sources", "n", "data_seed", "mlp_weights", "prior", "decoder_var", "decoder_var_relative",
+        "anneal_epochs", "anneal_factor",
         "hidden_dim", "n_layers", "activation", "epochs", "patience", "min_improvement", "batch_size", "lr",
         "schedule", "val_every")
 
