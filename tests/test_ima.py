@@ -298,3 +298,15 @@ def test_gamma_annealing_schedule_and_selection_at_the_target(tmp_path):
         IMAConfig(anneal_epochs=10, epochs=10)
     with pytest.raises(ValueError, match="anneal_factor must be a finite number >= 1"):
         IMAConfig(anneal_factor=0.5)
+
+
+def test_train_on_an_npz_without_sources(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "x.npz"
+    np.savez(path, x=rng.normal(size=(300, 4)) * 0.1)
+    out = str(tmp_path / "run")
+    assert main(["train", "--model", "ima", "--data", str(path), "--sources", "2", "--epochs", "2", "--val-every", "1",
+                 "--no-progress", "--out", out]) == 0
+    m = json.load(open(os.path.join(out, "metrics.json")))
+    assert "mcc" not in m and "cima_true" not in m and m["model_config"]["latent_dim"] == 2
+    assert math.isfinite(m["cima"]) and not os.path.exists(os.path.join(out, "sources.png"))
