@@ -138,3 +138,28 @@ def run_in_processes(worker, work: list, processes: int, on_result=None) -> dict
             if on_result:
                 on_result(key, results[key])
     return results
+
+
+def check_int_fields(obj, names, minimum: int) -> None:
+    """ValueError naming the first of obj's fields `names` that is not an int >= minimum (bools refused)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_min_improvement(value) -> None:
+    if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+        raise ValueError(f"min_improvement must be a finite number >= 0, got {value!r}")
+
+
+def finished_or_run(out: str, resume: bool, run) -> dict:
+    """One run of a reproduction in its worker: the metrics.json already in `out` when resuming a
+    finished run, else run() — on one thread (the runs themselves are the parallelism)."""
+    import torch
+
+    torch.set_num_threads(1)
+    done = os.path.join(out, "metrics.json")
+    if resume and os.path.exists(done):
+        return load_json(done)
+    return run()

@@ -20,9 +20,10 @@ import torch
 
 from ivae_ext.data.ima import IMAData, load_ima_data
 from ivae_ext.data.mixing import MIXINGS, SOURCE_DISTRIBUTIONS
-from ivae_ext.experiments.common import (load_json, mean_std, plot_curves, run_in_processes, save_state_dict_atomic,
-                                         write_atomic, write_json, write_text)
-from ivae_ext.metrics.ima import global_cima
+from ivae_ext.experiments.common import (check_int_fields, check_min_improvement, finished_or_run, mean_std,
+                                         plot_curves, run_in_processes, save_state_dict_atomic, write_atomic,
+                                         write_json, write_text)
+from ivae_ext.metrics.ima import cima, global_cima
 from ivae_ext.metrics.mcc import mcc
 from ivae_ext.models.imavae import PRIORS, IMAVAE
 from ivae_ext.training import EarlyStopping, evaluate_loss, fit
@@ -65,14 +66,8 @@ class IMAConfig:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("n_sources", "n", "n_layers", "batch_size", "epochs", "val_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        for name in ("patience", "anneal_epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        check_int_fields(self, ("n_sources", "n", "n_layers", "batch_size", "epochs", "val_every"), 1)
+        check_int_fields(self, ("patience", "anneal_epochs"), 0)
         if self.anneal_epochs >= self.epochs:
             raise ValueError(f"anneal_epochs ({self.anneal_epochs}) must be below epochs ({self.epochs}): the "
                              "model is selected at the target decoder variance")
@@ -90,8 +85,7 @@ class IMAConfig:
                 continue
             if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        if not (isinstance(self.min_improvement, (int, float)) and 0 <= self.min_improvement < float("inf")):
-            raise ValueError(f"min_improvement must be a finite number >= 0, got {self.min_improvement!r}")
+        check_min_improvement(self.min_improvement)
         spec = os.fspath(self.data)
         if spec not in MIXINGS and not spec.lower().endswith(".npz"):
             raise ValueError(f"data must be one of {MIXINGS} or a PATH.npz, got {spec!r}")
@@ -182,8 +176,6 @@ def evaluate_ima_model(model: IMAVAE, data: IMAData, seed: int = 0) -> dict:
         batches = [mcc(z_sample[i:i + 64], s[i:i + 64])[0] for i in range(0, len(s) - 63, 64)]
         out["mcc_samples_batch64"] = float(np.mean(batches)) if batches else None
     if data.mixing is not None:
-        from ivae_ext.metrics.ima import cima
-
         out["cima_true"] = float(cima(data.mixing.jacobian(s.double())).mean())
     return out
 
@@ -310,11 +302,8 @@ METRICS = ("mcc", "mcc_spearman", "mcc_samples", "cima", "cima_true", "kl", "neg
 
 def _run_job(job) -> dict:
     cfg_dict, out, resume = job
-    torch.set_num_threads(1)
-    done = os.path.join(out, "metrics.json")
-    if resume and os.path.exists(done):
-        return load_json(done)
-    return run_ima_train(IMAConfig(**cfg_dict), out, resume=resume, log=lambda *_: None)
+    return finished_or_run(out, resume, lambda: run_ima_train(IMAConfig(**cfg_dict), out, resume=resume,
+                                                              log=lambda *_: None))
 
 
 def reproduce_ima(base: IMAConfig, seeds, out: str, settings=tuple(SETTINGS), jobs: int = 2, resume: bool = False,

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ivae_ext.data.images import ImageData, load_image_data
-from ivae_ext.experiments.common import load_json, mean_std, plot_curves, run_in_processes, save_state_dict_atomic, \
-    write_atomic, write_json, write_text
+from ivae_ext.experiments.common import check_int_fields, check_min_improvement, finished_or_run, mean_std, \
+    plot_curves, run_in_processes, save_state_dict_atomic, write_atomic, write_json, write_text
 from ivae_ext.metrics import active_units, decoder_sensitivity, iw_log_likelihood, kl_per_latent, mutual_information
 from ivae_ext.models.latent_vae import MLPVAE
 from ivae_ext.models.lidvae import LIDVAE
@@ -69,14 +69,9 @@ class ImageConfig:
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
-        for name in ("latent_dim", "epochs", "batch_size", "val_every", "iw_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 0:
-            raise ValueError(f"patience must be an int >= 0, got {self.patience!r}")
-        if not (isinstance(self.min_improvement, (int, float)) and 0 <= self.min_improvement < float("inf")):
-            raise ValueError(f"min_improvement must be a finite number >= 0, got {self.min_improvement!r}")
+        check_int_fields(self, ("latent_dim", "epochs", "batch_size", "val_every", "iw_samples"), 1)
+        check_int_fields(self, ("patience",), 0)
+        check_min_improvement(self.min_improvement)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction!r}")
         if self.likelihood not in ("auto", "bernoulli", "gaussian"):
@@ -266,11 +261,8 @@ METRICS = ("au", "kl", "mi", "iw_ll", "neg_elbo")
 def _run_job(job) -> dict:
     """One (variant, seed) run in a worker process (one thread: the runs are the parallelism)."""
     cfg_dict, out, resume = job
-    torch.set_num_threads(1)
-    done = os.path.join(out, "metrics.json")
-    if resume and os.path.exists(done):
-        return load_json(done)
-    return run_image_train(ImageConfig(**cfg_dict), out, resume=resume, log=lambda *_: None)
+    return finished_or_run(out, resume, lambda: run_image_train(ImageConfig(**cfg_dict), out, resume=resume,
+                                                                log=lambda *_: None))
 
 
 def reproduce_lidvae(base: ImageConfig, seeds, out: str, variants=DEFAULT_VARIANTS, jobs: int = 2,
