@@ -163,3 +163,38 @@ def finished_or_run(out: str, resume: bool, run) -> dict:
     if resume and os.path.exists(done):
         return load_json(done)
     return run()
+
+
+class SelectionByValidation:
+    """Model selection and early stopping on a validation loss, kept in OUT/best.pt: the parameters
+    of the lowest value and the stopping rule's state together, so that a resumed run (resume=True
+    when its checkpoint exists) continues both where they were."""
+
+    def __init__(self, out: str, patience: int, min_improvement: float, resume: bool):
+        import torch
+
+        from ivae_ext.training import EarlyStopping
+
+        self.path = os.path.join(out, "best.pt")
+        self.saved = {"state": None, "stopping": EarlyStopping(patience, min_improvement)}
+        if resume and os.path.exists(self.path):
+            self.saved = torch.load(self.path, weights_only=False)
+
+    @property
+    def stopping(self):
+        return self.saved["stopping"]
+
+    @property
+    def state(self) -> dict:
+        return self.saved["state"]
+
+    def update(self, epoch: int, model, value: float) -> bool:
+        """Record the validation loss of `epoch` (keeping a copy of model's parameters when it is the
+        lowest so far) and save; returns whether training should stop."""
+        import copy
+
+        is_best, stop = self.stopping.update(epoch, value)
+        if is_best:
+            self.saved["state"] = copy.deepcopy(model.state_dict())
+        save_state_dict_atomic(self.saved, self.path)
+        return stop

@@ -20,13 +20,13 @@ import torch
 
 from ivae_ext.data.ima import IMAData, load_ima_data
 from ivae_ext.data.mixing import MIXINGS, SOURCE_DISTRIBUTIONS
-from ivae_ext.experiments.common import (check_int_fields, check_min_improvement, finished_or_run, mean_std,
-                                         plot_curves, run_in_processes, save_state_dict_atomic, write_atomic,
-                                         write_json, write_text)
+from ivae_ext.experiments.common import (SelectionByValidation, check_int_fields, check_min_improvement,
+                                         finished_or_run, mean_std, plot_curves, run_in_processes,
+                                         save_state_dict_atomic, write_atomic, write_json, write_text)
 from ivae_ext.metrics.ima import cima, global_cima
 from ivae_ext.metrics.mcc import mcc
 from ivae_ext.models.imavae import PRIORS, IMAVAE
-from ivae_ext.training import EarlyStopping, evaluate_loss, fit
+from ivae_ext.training import evaluate_loss, fit
 
 
 DATA_SEED_NOTE = """The Möbius data's scale and nonlinearity depend on how close the pole a falls to the
@@ -217,11 +217,9 @@ def run_ima_train(cfg: IMAConfig, out: str, resume: bool = False, log=print, dat
     target_var = model.decoder_var
     if cfg.anneal_epochs:
         model.set_decoder_var(annealed_decoder_var(0, cfg, target_var))
-    ckpt, best_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, "best.pt")
+    ckpt = os.path.join(out, "checkpoint.pt")
     has_ckpt = resume and os.path.exists(ckpt)
-    best = {"state": None, "stopping": EarlyStopping(cfg.patience, cfg.min_improvement)}
-    if has_ckpt and os.path.exists(best_path):
-        best = torch.load(best_path, weights_only=False)
+    best = SelectionByValidation(out, cfg.patience, cfg.min_improvement, resume=has_ckpt)
 
     def validate(epoch, m, record):
         if cfg.anneal_epochs:
@@ -233,23 +231,19 @@ def run_ima_train(cfg: IMAConfig, out: str, resume: bool = False, log=print, dat
         terms = evaluate_loss(m, data.x_val, batch_size=4096, seed=0)
         m.train()
         record["val_neg_elbo"] = terms["recon"] + terms["kl"]
-        is_best, stop = best["stopping"].update(epoch, record["val_neg_elbo"])
-        if is_best:
-            best["state"] = copy.deepcopy(m.state_dict())
-        if stop:
+        if best.update(epoch, m, record["val_neg_elbo"]):
             record["stop"] = True
-        save_state_dict_atomic(best, best_path)
         return False
 
     history = fit(model, data.x_train, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule=cfg.schedule,
                   clip_grad=None, seed=cfg.seed, checkpoint=ckpt, resume=has_ckpt, progress=cfg.progress,
                   on_epoch_end=validate, checkpoint_every=cfg.val_every)
-    model.load_state_dict(best["state"])
+    model.load_state_dict(best.state)
     metrics = evaluate_ima_model(model, data)
     metrics.update({
-        "selected_epoch": best["stopping"].best_epoch,
+        "selected_epoch": best.stopping.best_epoch,
         "epochs_trained": history["epochs"][-1]["epoch"] if history["epochs"] else 0,
-        "val_neg_elbo": best["stopping"].best_value,
+        "val_neg_elbo": best.stopping.best_value,
         "train_time_s": history["wall_time"],
         "wall_time_s": time.perf_counter() - t_start,
         "data": data.name, "n_train": len(data.x_train), "n_val": len(data.x_val), "n_test": len(data.x_test),

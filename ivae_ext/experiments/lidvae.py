@@ -10,7 +10,6 @@ split. Files are written atomically; ``resume`` continues an interrupted run bit
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -19,12 +18,13 @@ import numpy as np
 import torch
 
 from ivae_ext.data.images import ImageData, load_image_data
-from ivae_ext.experiments.common import check_int_fields, check_min_improvement, finished_or_run, mean_std, \
-    plot_curves, run_in_processes, save_state_dict_atomic, write_atomic, write_json, write_text
+from ivae_ext.experiments.common import (SelectionByValidation, check_int_fields, check_min_improvement,
+                                         finished_or_run, mean_std, plot_curves, run_in_processes,
+                                         save_state_dict_atomic, write_atomic, write_json, write_text)
 from ivae_ext.metrics import active_units, decoder_sensitivity, iw_log_likelihood, kl_per_latent, mutual_information
 from ivae_ext.models.latent_vae import MLPVAE
 from ivae_ext.models.lidvae import LIDVAE
-from ivae_ext.training import EarlyStopping, evaluate_loss, fit
+from ivae_ext.training import evaluate_loss, fit
 
 MODELS = ("lidvae", "vae")
 
@@ -182,12 +182,9 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
     x_fit, x_val, x_test = data.x_train[fit_idx], data.x_train[val_idx], data.x_test
     torch.manual_seed(cfg.seed)
     model = build_image_model(cfg, data.dim, likelihood)
-    ckpt, best_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, "best.pt")
+    ckpt = os.path.join(out, "checkpoint.pt")
     has_ckpt = resume and os.path.exists(ckpt)
-    # the selected state (lowest validation −ELBO) and the stopping rule's state, saved together
-    best = {"state": None, "stopping": EarlyStopping(cfg.patience, cfg.min_improvement)}
-    if has_ckpt and os.path.exists(best_path):
-        best = torch.load(best_path, weights_only=False)
+    best = SelectionByValidation(out, cfg.patience, cfg.min_improvement, resume=has_ckpt)
 
     def validate(epoch, m, record):
         if epoch % cfg.val_every and epoch != cfg.epochs:
@@ -195,12 +192,8 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
         terms = evaluate_loss(m, x_val, batch_size=500, seed=0)
         m.train()
         record["val_neg_elbo"] = terms["recon"] + terms["kl"]  # β = 1: the ELBO, whatever β trains
-        is_best, stop = best["stopping"].update(epoch, record["val_neg_elbo"])
-        if is_best:
-            best["state"] = copy.deepcopy(m.state_dict())
-        if stop:
+        if best.update(epoch, m, record["val_neg_elbo"]):
             record["stop"] = True  # early stopping on the validation objective
-        save_state_dict_atomic(best, best_path)
         return False
 
     history = fit(model, x_fit, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, schedule="none",
@@ -208,13 +201,13 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
                   on_epoch_end=validate, checkpoint_every=cfg.val_every)
     train_time = history["wall_time"]
     epochs_trained = history["epochs"][-1]["epoch"] if history["epochs"] else 0
-    model.load_state_dict(best["state"])
+    model.load_state_dict(best.state)
     metrics = evaluate_image_model(model, x_test, cfg.iw_samples)
     metrics.update({
         "model": cfg.model,
-        "selected_epoch": best["stopping"].best_epoch,
+        "selected_epoch": best.stopping.best_epoch,
         "epochs_trained": epochs_trained,
-        "val_neg_elbo": best["stopping"].best_value,
+        "val_neg_elbo": best.stopping.best_value,
         "train_time_s": train_time,
         "wall_time_s": time.perf_counter() - t_start,
         "n_fit": len(x_fit), "n_val": len(x_val), "n_test": len(x_test),
@@ -233,7 +226,7 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
     write_json(os.path.join(out, "metrics.json"), metrics)
     log(f"  {name} seed {cfg.seed}: AU {metrics['au']}/{cfg.latent_dim}, KL {metrics['kl']:.2f}, MI "
         f"{metrics['mi']:.2f}, IW-LL {metrics['iw_ll']:.2f}, -ELBO {metrics['neg_elbo']:.2f} (epoch "
-        f"{best['stopping'].best_epoch}, {train_time:.0f} s)")
+        f"{best.stopping.best_epoch}, {train_time:.0f} s)")
     return metrics
 
 
