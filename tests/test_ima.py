@@ -15,11 +15,12 @@ from torch.func import jacrev, vmap
 from ivae_ext.cli import main, train_family
 from ivae_ext.cli import ima as ima_family
 from ivae_ext.data.ima import load_ima_data, load_ima_npz, make_ima_data, split_three
-from ivae_ext.data.mixing import MIXINGS, MLPMixing, MoebiusMixing, make_mixing, unit_det_matrix
+from ivae_ext.data.mixing import (MIXINGS, SOURCE_DISTRIBUTIONS, MLPMixing, MoebiusMixing, make_mixing,
+                                  source_log_density, unit_det_matrix)
 from ivae_ext.data.npz import DataFormatError
 from ivae_ext.experiments.ima import IMAConfig, ima_claim_checks, run_ima_train
 from ivae_ext.metrics import mcc
-from ivae_ext.metrics.ima import cima, global_cima, jacobians
+from ivae_ext.metrics.ima import cima, global_cima, jacobians, log_volume
 from ivae_ext.models.imavae import IMAVAE, log_sigmoid_derivative
 
 TINY = {"n": 900, "epochs": 3, "val_every": 1, "patience": 0, "batch_size": 64, "progress": False}
@@ -73,6 +74,32 @@ def test_cima_of_known_matrices():
     assert float(cima(tall)) == pytest.approx(0.5 * math.log(2.0), abs=1e-14)
     batch = torch.stack([Q[:2, :2] * 0 + torch.eye(2, dtype=torch.float64), shear])
     torch.testing.assert_close(cima(batch), torch.tensor([0.0, 0.5 * math.log(1 + a * a)], dtype=torch.float64))
+
+
+def test_log_volume_of_known_matrices_and_the_true_log_likelihood():
+    J = torch.tensor([[2.0, 1.0], [0.0, 3.0]], dtype=torch.float64)
+    assert float(log_volume(J)) == pytest.approx(math.log(6.0), abs=1e-14)
+    tall = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]], dtype=torch.float64)
+    assert float(log_volume(tall)) == pytest.approx(math.log(2.0), abs=1e-14)
+    with pytest.raises(ValueError, match="log_volume: each Jacobian must be D × n"):
+        log_volume(torch.ones(2, 3, dtype=torch.float64))
+    # a linear map x = 2 s of uniform sources on the unit cube: p(x) = 2^-n everywhere
+    s = torch.rand(100, 3, dtype=torch.float64) - 0.5
+    nll = log_volume(2 * torch.eye(3, dtype=torch.float64).expand(100, 3, 3)) - source_log_density(s, "uniform")
+    torch.testing.assert_close(nll, torch.full((100,), 3 * math.log(2.0), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("distribution", SOURCE_DISTRIBUTIONS)
+def test_source_log_density_matches_the_sampler(distribution):
+    s = torch.as_tensor(np.random.default_rng(0).uniform(-0.4, 0.4, size=(20, 2)))
+    expected = {"uniform": torch.zeros(20, dtype=torch.float64),
+                "gaussian": torch.distributions.Normal(0.0, 1.0).log_prob(s).sum(1),
+                "laplace": torch.distributions.Laplace(0.0, 1.0).log_prob(s).sum(1)}[distribution]
+    torch.testing.assert_close(source_log_density(s, distribution), expected)
+    if distribution == "uniform":
+        assert source_log_density(torch.tensor([[0.6, 0.0]]), "uniform")[0] == -math.inf
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        source_log_density(s, "beta")
 
 
 def test_cima_errors():
@@ -132,6 +159,11 @@ def test_model_errors_and_decoder_var():
         IMAVAE(3, 3, decoder_var=0.0)
     m = IMAVAE(3, 3, decoder_var=1e-5)
     assert m.decoder_var == pytest.approx(1e-5) and "decoder_log_var" in m.state_dict()
+    wide = IMAVAE(3, 3, hidden_dim=8, encoder_hidden_dim=20)
+    assert wide.encoder.net[0].out_features == 20 and wide.decoder.net[0].out_features == 8
+    assert wide.config()["encoder_hidden_dim"] == 20 and IMAVAE(3, 3, hidden_dim=8).encoder_hidden_dim == 8
+    with pytest.raises(ValueError, match="encoder_hidden_dim must be None or an int >= 1"):
+        IMAVAE(3, 3, encoder_hidden_dim=0)
 
 
 def test_loss_decreases_on_a_tiny_problem():
@@ -229,8 +261,10 @@ def test_run_writes_metrics_and_resumes_bit_identically(tmp_path):
     cfg = IMAConfig(**{**TINY, "epochs": 4, "decoder_var_relative": 0.1})
     full = run_ima_train(cfg, str(tmp_path / "full"), log=_quiet)
     for key in ("mcc", "mcc_spearman", "mcc_samples", "mcc_samples_batch64", "kl", "kl_per_latent", "cima",
-                "cima_true", "self_consistency_x", "self_consistency_z", "neg_elbo", "wall_time_s", "config"):
+                "cima_true", "self_consistency_x", "self_consistency_z", "neg_elbo", "neg_log_lik_true",
+                "elbo_gap_to_true", "wall_time_s", "config"):
         assert key in full, key
+    assert full["elbo_gap_to_true"] == pytest.approx(full["neg_elbo"] - full["neg_log_lik_true"])
     assert full["decoder_var"] == pytest.approx(0.1 * full["data_variance"])
     assert abs(full["cima_true"]) < 1e-10 and 0 <= full["mcc"] <= 1 and full["kl"] >= 0
     for name in ("metrics.json", "curves.png", "sources.png", "model.pt"):
@@ -277,7 +311,8 @@ def test_cli_train_and_reproduce(tmp_path, capsys):
                  "--epochs", "2", "--val-every", "1", "--jobs", "1", "--out", rep]) == 0
     table = json.load(open(os.path.join(rep, "table.json")))
     assert set(table["rows"]) == {"moebius_0.1", "mlp"} and "moebius_0.1_collapses" in table["claim"]
-    assert "| Möbius, decoder var 0.1 |" in open(os.path.join(rep, "table.md")).read()
+    md = open(os.path.join(rep, "table.md")).read()
+    assert "| Möbius, decoder var 0.1 |" in md and "Per seed" in md and "| seed 0 | longest run |" in md
     with pytest.raises(SystemExit):
         main(["train", "--model", "ima", "--prior", "beta", "--out", out])
 

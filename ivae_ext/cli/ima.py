@@ -71,6 +71,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "to it over this many epochs (0: off); the model is selected at the target variance only")
     g.add_argument("--anneal-factor", type=float, default=1000.0, help="see --anneal-epochs")
     g.add_argument("--hidden-dim", type=int, default=None, help="MLP width (default 10 × sources)")
+    g.add_argument("--encoder-hidden-dim", type=int, default=None, help="the encoder's width (default --hidden-dim)")
     g.add_argument("--n-layers", type=int, default=2, help="linear layers of encoder and decoder")
     g.add_argument("--activation", choices=ACTIVATIONS, default="lrelu",
                    help="nonlinearity of encoder and decoder (lrelu: leaky ReLU, slope 0.2)")
@@ -96,7 +97,7 @@ def _add_train_args(p: argparse.ArgumentParser, reproduce: bool = False) -> None
 
 KEYS = ("n_sources", "n", "data_seed", "mlp_weights", "prior", "decoder_var", "decoder_var_relative",
         "anneal_epochs", "anneal_factor",
-        "hidden_dim", "n_layers", "activation", "epochs", "patience", "min_improvement", "batch_size", "lr",
+        "hidden_dim", "encoder_hidden_dim", "n_layers", "activation", "epochs", "patience", "min_improvement", "batch_size", "lr",
         "schedule", "val_every")
 
 

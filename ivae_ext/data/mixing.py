@@ -33,6 +33,19 @@ def draw_sources(n: int, dim: int, distribution: str, rng: np.random.Generator) 
     raise ValueError(f"sources must be one of {SOURCE_DISTRIBUTIONS}, got {distribution!r}")
 
 
+def source_log_density(s: torch.Tensor, distribution: str) -> torch.Tensor:
+    """log p(s) per row [N] of the sources ``draw_sources`` draws (float64)."""
+    s = s.to(torch.float64)
+    if distribution == "uniform":  # volume 1: log 1 inside the cube, −inf outside
+        inside = (s.abs() <= 0.5).all(1)
+        return torch.where(inside, 0.0, float("-inf")).to(torch.float64)
+    if distribution == "gaussian":
+        return torch.distributions.Normal(0.0, 1.0).log_prob(s).sum(1)
+    if distribution == "laplace":
+        return torch.distributions.Laplace(0.0, 1.0).log_prob(s).sum(1)
+    raise ValueError(f"distribution must be one of {SOURCE_DISTRIBUTIONS}, got {distribution!r}")
+
+
 def _orthogonal(dim: int, rng: np.random.Generator) -> np.ndarray:
     if dim == 1:
         return np.array([[1.0 if rng.random() < 0.5 else -1.0]])
@@ -190,4 +203,4 @@ def centre(mixing: Mixing, s: torch.Tensor) -> None:
 
 
 __all__ = ["SOURCE_DISTRIBUTIONS", "MIXINGS", "Mixing", "MoebiusMixing", "LinearAfterMixing", "MLPMixing",
-           "draw_sources", "make_mixing", "centre", "unit_det_matrix", "smooth_leaky_relu"]
+           "draw_sources", "source_log_density", "make_mixing", "centre", "unit_det_matrix", "smooth_leaky_relu"]

@@ -14,26 +14,39 @@ from typing import Callable
 
 import torch
 
-__all__ = ["cima", "global_cima", "jacobians"]
+__all__ = ["cima", "global_cima", "jacobians", "log_volume"]
+
+
+def _checked(jacobians, who: str) -> torch.Tensor:
+    if not isinstance(jacobians, torch.Tensor) or jacobians.dim() not in (2, 3):
+        raise ValueError(f"{who}: jacobians must be a tensor [N, D, n] or [D, n], got "
+                         f"{getattr(jacobians, 'shape', type(jacobians).__name__)}")
+    D, n = jacobians.shape[-2:]
+    if n == 0 or D < n:
+        raise ValueError(f"{who}: each Jacobian must be D × n with D >= n >= 1 (an injective map), got {D} × {n}")
+    J = jacobians.to(torch.float64)
+    if not torch.isfinite(J).all():
+        raise ValueError(f"{who}: jacobians contain NaN or inf")
+    return J
+
+
+def _log_volume(J: torch.Tensor) -> torch.Tensor:
+    D, n = J.shape[-2:]
+    if D == n:
+        return torch.linalg.slogdet(J)[1]
+    return 0.5 * torch.linalg.slogdet(J.transpose(-1, -2) @ J)[1]
+
+
+def log_volume(jacobians: torch.Tensor) -> torch.Tensor:
+    """log|det J| (½ log det JᵀJ for D > n) per Jacobian [N, D, n] (or one [D, n]), float64: the
+    change of volume of the map, so log p(x) = log p(s) − log_volume(J) for x = f(s)."""
+    return _log_volume(_checked(jacobians, "log_volume"))
 
 
 def cima(jacobians: torch.Tensor) -> torch.Tensor:
     """Pointwise c_IMA of Jacobians [N, D, n] (or one [D, n]) with D >= n, in float64: [N] (or [])."""
-    if not isinstance(jacobians, torch.Tensor) or jacobians.dim() not in (2, 3):
-        raise ValueError(f"cima: jacobians must be a tensor [N, D, n] or [D, n], got "
-                         f"{getattr(jacobians, 'shape', type(jacobians).__name__)}")
-    D, n = jacobians.shape[-2:]
-    if n == 0 or D < n:
-        raise ValueError(f"cima: each Jacobian must be D × n with D >= n >= 1 (an injective map), got {D} × {n}")
-    J = jacobians.to(torch.float64)
-    if not torch.isfinite(J).all():
-        raise ValueError("cima: jacobians contain NaN or inf")
-    column_norms = torch.linalg.vector_norm(J, dim=-2).log().sum(-1)
-    if D == n:
-        log_det = torch.linalg.slogdet(J)[1]
-    else:
-        log_det = 0.5 * torch.linalg.slogdet(J.transpose(-1, -2) @ J)[1]
-    return column_norms - log_det
+    J = _checked(jacobians, "cima")
+    return torch.linalg.vector_norm(J, dim=-2).log().sum(-1) - _log_volume(J)
 
 
 def jacobians(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:

@@ -41,11 +41,13 @@ def log_sigmoid_derivative(y: torch.Tensor) -> torch.Tensor:
 class IMAVAE(nn.Module):
     """Encoder MLP x → (μ, log σ²) and decoder MLP z → mean of x, both ``n_layers`` linear maps with
     ``activation`` between them (default leaky ReLU, slope 0.2, the anchor's; see
-    ``models.nets.ACTIVATIONS``), width ``hidden_dim`` (default 10·latent_dim, the anchor's);
+    ``models.nets.ACTIVATIONS``), width ``hidden_dim`` (default 10·latent_dim, the anchor's; the
+    encoder's ``encoder_hidden_dim`` if given);
     a fixed Gaussian decoder variance ``decoder_var`` (the same for every dimension)."""
 
     def __init__(self, data_dim: int, latent_dim: int, decoder_var: float = 1e-4, prior: str = "uniform",
-                 hidden_dim: int | None = None, n_layers: int = 2, slope: float = 0.2, activation: str = "lrelu"):
+                 hidden_dim: int | None = None, n_layers: int = 2, slope: float = 0.2, activation: str = "lrelu",
+                 encoder_hidden_dim: int | None = None):
         super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
@@ -55,11 +57,15 @@ class IMAVAE(nn.Module):
         if latent_dim > data_dim:
             raise ValueError(f"latent_dim ({latent_dim}) must not exceed data_dim ({data_dim}): the decoder "
                              "must be able to be injective")
+        for name, value in (("hidden_dim", hidden_dim), ("encoder_hidden_dim", encoder_hidden_dim)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         hidden_dim = hidden_dim or 10 * latent_dim
-        self.data_dim, self.latent_dim, self.prior, self.hidden_dim, self.n_layers = (
-            data_dim, latent_dim, prior, hidden_dim, n_layers)
+        encoder_hidden_dim = encoder_hidden_dim or hidden_dim
+        self.data_dim, self.latent_dim, self.prior, self.hidden_dim, self.encoder_hidden_dim, self.n_layers = (
+            data_dim, latent_dim, prior, hidden_dim, encoder_hidden_dim, n_layers)
         self.activation = activation
-        self.encoder = MLP(data_dim, 2 * latent_dim, hidden_dim, n_layers, slope, activation)
+        self.encoder = MLP(data_dim, 2 * latent_dim, encoder_hidden_dim, n_layers, slope, activation)
         self.decoder = MLP(latent_dim, data_dim, hidden_dim, n_layers, slope, activation)
         self.register_buffer("decoder_log_var", torch.zeros(()))
         self.set_decoder_var(decoder_var)
@@ -76,7 +82,7 @@ class IMAVAE(nn.Module):
 
     def config(self) -> dict:
         return {"data_dim": self.data_dim, "latent_dim": self.latent_dim, "prior": self.prior,
-                "hidden_dim": self.hidden_dim, "n_layers": self.n_layers, "activation": self.activation,
+                "hidden_dim": self.hidden_dim, "encoder_hidden_dim": self.encoder_hidden_dim, "n_layers": self.n_layers, "activation": self.activation,
                 "decoder_var": self.decoder_var}
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
