@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ivae_ext.data import DataFormatError, load_dsprites_npz, load_labelled_npz, make_pinwheel, make_sprites, render_sprites
-from ivae_ext.data.pinwheel import pinwheel
+from ivae_ext.data.pinwheel import pinwheel, pinwheel_arm_means
 from ivae_ext.data.sprites import FACTOR_SIZES, factor_values
 
 # ------------------------------------------------------------------ pinwheel
@@ -47,6 +47,14 @@ def test_pinwheel_statistics_match_the_anchor_construction():
     angles = torch.atan2(mean_dirs[:, 1], mean_dirs[:, 0])
     gaps = torch.remainder(angles - angles.roll(1), 2 * torch.pi)
     torch.testing.assert_close(gaps, torch.full((4,), 2 * torch.pi / 4 * 3, dtype=torch.float64), atol=0.05, rtol=0)
+
+
+def test_pinwheel_arm_means_sit_on_their_own_arms():
+    d = make_pinwheel(n_train=4000, seed=1)
+    means = pinwheel_arm_means(4, 0.25)
+    torch.testing.assert_close(means.norm(dim=1), torch.ones(4))
+    nearest = torch.cdist(d.x_train, means).argmin(1)
+    assert (nearest == d.y_train).float().mean() > 0.9
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from ivae_ext.data.images import (
 from ivae_ext.data.ima import IMAData, load_ima_data, load_ima_npz, make_ima_data
 from ivae_ext.data.labelled import LabelledData, load_labelled_npz
 from ivae_ext.data.npz import DataFormatError, load_npz
-from ivae_ext.data.pinwheel import PinwheelData, make_pinwheel
+from ivae_ext.data.pinwheel import PinwheelData, make_pinwheel, pinwheel_arm_means
 from ivae_ext.data.sprites import SpritesData, load_dsprites_npz, make_sprites, render_sprites
 from ivae_ext.data.synthetic import NonlinearICAData, make_nonlinear_ica
 
@@ -37,6 +37,7 @@ __all__ = [
     "split_indices",
     "PinwheelData",
     "make_pinwheel",
+    "pinwheel_arm_means",
     "SpritesData",
     "make_sprites",
     "render_sprites",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["PinwheelData", "make_pinwheel", "pinwheel"]
+__all__ = ["PinwheelData", "make_pinwheel", "pinwheel", "pinwheel_arm_means"]
 
 
 def _check_count(name: str, value, low: int) -> int:
@@ -50,6 +50,15 @@ def pinwheel(n: int, rng: np.random.Generator, arms: int = 4, radial_std: float 
     c, s = np.cos(theta), np.sin(theta)
     x = np.stack([features[:, 0] * c + features[:, 1] * s, -features[:, 0] * s + features[:, 1] * c], axis=1)
     return x, labels.astype(np.int64), features
+
+
+def pinwheel_arm_means(arms: int = 4, rate: float = 0.25) -> torch.Tensor:
+    """[arms, 2] the point of each arm at its median features (1, 0), row k for label k: unit
+    vectors at angle −(2πk/arms + rate·e). Mixture means aligned with the arms, e.g. to check a
+    clustering metric; the anchor's prior uses ``circle_means(4)`` instead and lets the model rotate."""
+    arms = _check_count("arms", arms, 1)
+    theta = 2 * np.pi * np.arange(arms) / arms + rate * np.e
+    return torch.as_tensor(np.stack([np.cos(theta), -np.sin(theta)], axis=1), dtype=torch.float32)
 
 
 @dataclass(frozen=True)
