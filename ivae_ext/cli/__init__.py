@@ -30,12 +30,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ivae_ext.cli import decomp as decomp_family
 from ivae_ext.cli import ima as ima_family
 from ivae_ext.cli import ivae as ivae_family
 from ivae_ext.cli import lidvae as lidvae_family
 from ivae_ext.cli.common import RAW, Formatter, add_out_argument
 
-FAMILIES = [lidvae_family, ivae_family, ima_family]  # lidvae first: it claims `vae` on image data
+FAMILIES = [lidvae_family, ivae_family, ima_family, decomp_family]  # lidvae first: it claims `vae` on image data
 DEFAULT_FAMILY = ivae_family  # whose options `train --help` and `reproduce --help` show when nothing selects one
 DEFAULT_MODEL = "ivae"
 DEFAULT_DATA = "tcl"
