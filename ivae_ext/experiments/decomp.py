@@ -203,8 +203,11 @@ def evaluate_decomp_model(model: DecompVAE, data: DecompData, cfg: DecompConfig)
     if data.factors_test is not None:
         out["mcc"] = mcc(loc, torch.as_tensor(data.factors_test, dtype=loc.dtype))[0]
         if data.sample_fixed_factor is not None:
-            score = disentanglement_score(lambda v: model.encode(v)[0], data.sample_fixed_factor, data.n_factors,
-                                          loc, seed=cfg.seed)
+            # in units of the prior's scale, so that pruning collapsed latents (std over the data below
+            # a threshold) means the same under an anisotropic prior as under an isotropic one
+            unit = prior.stddev if torch.isfinite(prior.stddev).all() else torch.ones_like(loc[0])
+            score = disentanglement_score(lambda v: model.encode(v)[0] / unit, data.sample_fixed_factor,
+                                          data.n_factors, loc / unit, seed=cfg.seed)
             out.update(disentanglement=score.score, disentanglement_train_votes=score.train_accuracy)
     return out
 
