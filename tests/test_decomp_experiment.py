@@ -84,8 +84,10 @@ def test_reproduce_writes_tables_and_claim_checks(tmp_path):
     assert main(["reproduce", "decomp", "--experiments", "pinwheel", "--seeds", "0", "--epochs", "2", "--n", "40",
                  "--jobs", "1", "--out", out]) == 0
     table = __import__("json").load(open(os.path.join(out, "table.json")))
-    assert set(table["tables"]["pinwheel"]) == {"beta1_alpha0", "beta0_alpha1", "beta1_alpha1"}
-    assert "pinwheel_met" in table["claims"] and "| β = 1, α = 1 |" in open(os.path.join(out, "table.md")).read()
+    assert set(table["tables"]["pinwheel"]) == {"beta1_alpha0", "beta0_alpha1", "beta1_alpha1_kl-inclusive",
+                                                "beta1_alpha1_kl", "beta1_alpha1_mmd-joint"}
+    assert "pinwheel_beta1_alpha1_kl_met" in table["claims"]
+    assert "| β = 1, α = 1, D = KL(q ‖ p) |" in open(os.path.join(out, "table.md")).read()
     row = lambda **s: {"summary": {k: {"mean": v, "std": 0.0} for k, v in s.items()}}
     checks = decomp_claim_checks({"sparsity": {"gamma0_alpha0": row(hoyer=0.2, recon=100.0),
                                                "gamma0.8_alpha10": row(hoyer=0.31, recon=104.0),
