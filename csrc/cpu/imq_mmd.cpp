@@ -67,7 +67,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> imq_mmd_kernel(const ImqMmdArgs& 
                   D,
                   z.const_data_ptr<T>(),
                   zt.const_data_ptr<T>(),
-                  {static_cast<int>(scale.size()), scale.data(), inv_scale.data()},
+                  {static_cast<int>(scale.size()), scale.data(), inv_scale.data(),
+                   math::imq_pairable<T>(a.scales.data(), static_cast<int>(a.scales.size()))},
                   math::imq_pair_weights(n, m),
                   mask[0],
                   mask[1]};

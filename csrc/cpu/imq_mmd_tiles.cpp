@@ -8,14 +8,13 @@ namespace ivae::cpu {
 namespace {
 
 // Which of the estimator's three sums the pair (i, j) belongs to, and whether its gradients are wanted.
-template <typename T>
 struct TileKind {
   double weight;
   bool grad;
 };
 
 template <typename T>
-IVAE_CLONE_INLINE TileKind<T> tile_kind(const ImqProblem<T>& p, int64_t i, int64_t j, bool want_grad) {
+IVAE_CLONE_INLINE TileKind tile_kind(const ImqProblem<T>& p, int64_t i, int64_t j, bool want_grad) {
   const bool xi = i < p.n, xj = j < p.n;
   if (xi && xj) return {p.weights.xx, want_grad && p.grad_x};
   if (!xi && !xj) return {p.weights.yy, want_grad && p.grad_y};
@@ -27,13 +26,21 @@ IVAE_CLONE_INLINE int64_t tile_end(int64_t j0, int64_t tile, int64_t n, int64_t 
   return std::min(j0 + tile, j0 < n ? n : N);
 }
 
+template <bool kWeight, bool kPaired, typename T>
+IVAE_CLONE_INLINE void value_weight(T r, const math::ImqScales<T>& s, T& k, T& w) {
+  if constexpr (kPaired) {
+    math::imq_value_weight_paired<kWeight>(r, s, k, w);
+  } else {
+    math::imq_value_weight<kWeight>(r, s, k, w);
+  }
+}
+
 // One tile of one dimension: rows [i0, i1), columns [j0, j1), pairs with j > i.
-template <bool kGrad, typename T>
+template <bool kGrad, bool kPaired, typename T>
 IVAE_CLONE_INLINE void per_dim_tile(const T* __restrict__ col, const math::ImqScales<T>& s, int64_t i0, int64_t i1,
                                     int64_t j0, int64_t j1, double weight, double& value, double* grad_acc) {
-  alignas(64) T tile_grad[kImqPerDimTile];
+  alignas(64) T tile_grad[kImqPerDimTile];  // the columns' shares, summed over the tile's rows
   if constexpr (kGrad) std::fill(tile_grad, tile_grad + (j1 - j0), T(0));
-  T* __restrict__ g = tile_grad - j0;
   double tile_value = 0;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t js = std::max(j0, i + 1);
@@ -44,34 +51,34 @@ IVAE_CLONE_INLINE void per_dim_tile(const T* __restrict__ col, const math::ImqSc
     for (int64_t j = js; j < j1; ++j) {
       const T diff = zi - col[j];
       T k, w;
-      math::imq_value_weight<kGrad>(diff * diff, s, k, w);
+      value_weight<kGrad, kPaired>(diff * diff, s, k, w);
       row_value += k;
       if constexpr (kGrad) {
         const T wd = w * diff;
         row_grad += wd;
-        g[j] -= wd;
+        tile_grad[j - j0] -= wd;
       }
     }
     tile_value += static_cast<double>(row_value);
     if constexpr (kGrad) grad_acc[i] += weight * static_cast<double>(row_grad);
   }
   if constexpr (kGrad) {
-    for (int64_t j = j0; j < j1; ++j) grad_acc[j] += weight * static_cast<double>(g[j]);
+    for (int64_t j = j0; j < j1; ++j) grad_acc[j] += weight * static_cast<double>(tile_grad[j - j0]);
   }
   value += weight * tile_value;
 }
 
-template <typename T>
+template <bool kPaired, typename T>
 IVAE_CLONE_INLINE void per_dim_rows(const ImqProblem<T>& p, int64_t d, int64_t i0, int64_t i1, double* value,
                                     double* grad_acc) {
   const T* col = p.zt + d * p.N;
   for (int64_t j0 = i0; j0 < p.N;) {
     const int64_t j1 = tile_end(j0, kImqPerDimTile, p.n, p.N);
-    const TileKind<T> kind = tile_kind(p, i0, j0, grad_acc != nullptr);
+    const TileKind kind = tile_kind(p, i0, j0, grad_acc != nullptr);
     if (kind.grad) {
-      per_dim_tile<true>(col, p.scales, i0, i1, j0, j1, kind.weight, *value, grad_acc);
+      per_dim_tile<true, kPaired>(col, p.scales, i0, i1, j0, j1, kind.weight, *value, grad_acc);
     } else {
-      per_dim_tile<false>(col, p.scales, i0, i1, j0, j1, kind.weight, *value, nullptr);
+      per_dim_tile<false, kPaired>(col, p.scales, i0, i1, j0, j1, kind.weight, *value, nullptr);
     }
     j0 = j1;
   }
@@ -80,7 +87,7 @@ IVAE_CLONE_INLINE void per_dim_rows(const ImqProblem<T>& p, int64_t d, int64_t i
 // One tile of the joint distance: per row, the squared distances to the tile's columns (summed
 // over d in order), the kernel, then per d the weighted differences; the columns' shares are
 // summed in `tile_grad` [D, kImqJointTile] and added to grad_acc once per tile.
-template <bool kGrad, typename T>
+template <bool kGrad, bool kPaired, typename T>
 IVAE_CLONE_INLINE void joint_tile(const ImqProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                                   double weight, double& value, double* grad_acc, T* __restrict__ tile_grad) {
   const int64_t D = p.dim, N = p.N;
@@ -107,7 +114,7 @@ IVAE_CLONE_INLINE void joint_tile(const ImqProblem<T>& p, int64_t i0, int64_t i1
 #pragma omp simd reduction(+ : row_value)
     for (int64_t c = 0; c < cols; ++c) {
       T k, w;
-      math::imq_value_weight<kGrad>(dist[c], p.scales, k, w);
+      value_weight<kGrad, kPaired>(dist[c], p.scales, k, w);
       row_value += k;
       if constexpr (kGrad) wt[c] = w;
     }
@@ -138,38 +145,52 @@ IVAE_CLONE_INLINE void joint_tile(const ImqProblem<T>& p, int64_t i0, int64_t i1
   value += weight * tile_value;
 }
 
-template <typename T>
+template <bool kPaired, typename T>
 IVAE_CLONE_INLINE void joint_rows(const ImqProblem<T>& p, int64_t i0, int64_t i1, double* value, double* grad_acc,
                                   T* scratch) {
   for (int64_t j0 = i0; j0 < p.N;) {
     const int64_t j1 = tile_end(j0, kImqJointTile, p.n, p.N);
-    const TileKind<T> kind = tile_kind(p, i0, j0, grad_acc != nullptr);
+    const TileKind kind = tile_kind(p, i0, j0, grad_acc != nullptr);
     if (kind.grad) {
-      joint_tile<true>(p, i0, i1, j0, j1, kind.weight, *value, grad_acc, scratch);
+      joint_tile<true, kPaired>(p, i0, i1, j0, j1, kind.weight, *value, grad_acc, scratch);
     } else {
-      joint_tile<false>(p, i0, i1, j0, j1, kind.weight, *value, nullptr, scratch);
+      joint_tile<false, kPaired>(p, i0, i1, j0, j1, kind.weight, *value, nullptr, scratch);
     }
     j0 = j1;
   }
+}
+
+template <typename T>
+IVAE_CLONE_INLINE void per_dim_dispatch(const ImqProblem<T>& p, int64_t d, int64_t i0, int64_t i1, double* value,
+                                        double* grad_acc) {
+  p.scales.paired ? per_dim_rows<true>(p, d, i0, i1, value, grad_acc)
+                  : per_dim_rows<false>(p, d, i0, i1, value, grad_acc);
+}
+
+template <typename T>
+IVAE_CLONE_INLINE void joint_dispatch(const ImqProblem<T>& p, int64_t i0, int64_t i1, double* value, double* grad_acc,
+                                      T* scratch) {
+  p.scales.paired ? joint_rows<true>(p, i0, i1, value, grad_acc, scratch)
+                  : joint_rows<false>(p, i0, i1, value, grad_acc, scratch);
 }
 
 }  // namespace
 
 IVAE_CPU_CLONES void imq_per_dim_rows(const ImqProblem<float>& p, int64_t d, int64_t i0, int64_t i1, double* value,
                                       double* grad_acc) {
-  per_dim_rows(p, d, i0, i1, value, grad_acc);
+  per_dim_dispatch(p, d, i0, i1, value, grad_acc);
 }
 IVAE_CPU_CLONES void imq_per_dim_rows(const ImqProblem<double>& p, int64_t d, int64_t i0, int64_t i1, double* value,
                                       double* grad_acc) {
-  per_dim_rows(p, d, i0, i1, value, grad_acc);
+  per_dim_dispatch(p, d, i0, i1, value, grad_acc);
 }
 IVAE_CPU_CLONES void imq_joint_rows(const ImqProblem<float>& p, int64_t i0, int64_t i1, double* value,
                                     double* grad_acc, float* scratch) {
-  joint_rows(p, i0, i1, value, grad_acc, scratch);
+  joint_dispatch(p, i0, i1, value, grad_acc, scratch);
 }
 IVAE_CPU_CLONES void imq_joint_rows(const ImqProblem<double>& p, int64_t i0, int64_t i1, double* value,
                                     double* grad_acc, double* scratch) {
-  joint_rows(p, i0, i1, value, grad_acc, scratch);
+  joint_dispatch(p, i0, i1, value, grad_acc, scratch);
 }
 
 }  // namespace ivae::cpu

@@ -229,7 +229,8 @@ void launch_imq_mmd(int64_t n, int64_t m, int64_t dim, bool per_dim, const T* x,
   const int64_t N = n + m;
   const bool with_grad = grad_x != nullptr || grad_y != nullptr;
   const double dn = static_cast<double>(n), dm = static_cast<double>(m);
-  ImqParams<T> p{n, m, dim, x, y, {count, scale, inv_scale}, 1.0 / (dn * (dn - 1.0)), 1.0 / (dm * (dm - 1.0)),
+  // The plain evaluator (one division per scale): `paired` is for the CPU loops.
+  ImqParams<T> p{n, m, dim, x, y, {count, scale, inv_scale, false}, 1.0 / (dn * (dn - 1.0)), 1.0 / (dm * (dm - 1.0)),
                  -1.0 / (dn * dm), grad_x, grad_y, workspace, per_dim ? nullptr : workspace + N};
   const unsigned row_blocks = static_cast<unsigned>((N + kBlockThreads - 1) / kBlockThreads);
   if (per_dim) {

@@ -166,6 +166,7 @@ if HAS_EXTENSION:
         # The gradient outputs are the backward's material, not values to differentiate: marked so,
         # a second derivative goes through imq_mmd_backward, which refuses it.
         ctx.mark_non_differentiable(grad_x, grad_y)
+        ctx.set_materialize_grads(False)  # no zero [n, D] tensors for the two outputs nobody differentiates
         ctx.save_for_backward(x, y, grad_x, grad_y)
         ctx.output_mask = [bool(flag) for flag in output_mask]
 
@@ -178,7 +179,7 @@ if HAS_EXTENSION:
                     f"ivae_ext::imq_mmd was called with output_mask[{'xy'.index(name)}] = False, so no gradient "
                     f"for {name} was computed; call ivae_ext.ops.imq_mmd, which sets the mask from requires_grad"
                 )
-        if not any(wanted):
+        if grad is None or not any(wanted):  # None: an undefined upstream gradient (zero)
             return None, None, None, None, None
         gx, gy = torch.ops.ivae_ext.imq_mmd_backward.default(grad, x, y, grad_x, grad_y, wanted)
         return (gx if wanted[0] else None), (gy if wanted[1] else None), None, None, None
