@@ -26,12 +26,44 @@ IVAE_CLONE_INLINE int64_t tile_end(int64_t j0, int64_t tile, int64_t n, int64_t 
   return std::min(j0 + tile, j0 < n ? n : N);
 }
 
+// k[e] and (kWeight) w[e] of the squared distances r[e], e < cols: the loop over scales outside,
+// the pairs inside, so the pair loops are innermost and vectorise (the per-pair math is
+// math/imq_kernel.h's, as the CUDA kernels run it).
 template <bool kWeight, bool kPaired, typename T>
-IVAE_CLONE_INLINE void value_weight(T r, const math::ImqScales<T>& s, T& k, T& w) {
+IVAE_CLONE_INLINE void kernel_of(const T* __restrict__ r, int64_t cols, const math::ImqScales<T>& s, T* __restrict__ k,
+                                 T* __restrict__ w) {
+  std::fill(k, k + cols, T(0));
+  if constexpr (kWeight) std::fill(w, w + cols, T(0));
+  int c = 0;
   if constexpr (kPaired) {
-    math::imq_value_weight_paired<kWeight>(r, s, k, w);
-  } else {
-    math::imq_value_weight<kWeight>(r, s, k, w);
+    for (; c + 1 < s.count; c += 2) {
+      const T ca = s.scale[c], la = s.inv_scale[c], cb = s.scale[c + 1], lb = s.inv_scale[c + 1];
+#pragma omp simd
+      for (int64_t e = 0; e < cols; ++e) {
+        T ke = k[e], we = kWeight ? w[e] : T(0);
+        math::imq_add_scale_pair<kWeight>(math::imq_pair_capped(r[e]), ca, la, cb, lb, ke, we);
+        k[e] = ke;
+        if constexpr (kWeight) w[e] = we;
+      }
+    }
+  }
+  for (; c < s.count; ++c) {  // every scale, or the one left over by the pairs
+    const T cc = s.scale[c], lc = s.inv_scale[c];
+#pragma omp simd
+    for (int64_t e = 0; e < cols; ++e) {
+      T ke = k[e], we = kWeight ? w[e] : T(0);
+      math::imq_add_scale<kWeight>(kPaired ? math::imq_pair_capped(r[e]) : r[e], cc, lc, ke, we);
+      k[e] = ke;
+      if constexpr (kWeight) w[e] = we;
+    }
+  }
+  if constexpr (kPaired) {
+#pragma omp simd
+    for (int64_t e = 0; e < cols; ++e) {
+      const bool far = math::imq_beyond_pair_cap(r[e]);
+      k[e] = far ? T(0) : k[e];
+      if constexpr (kWeight) w[e] = far ? T(0) : w[e];
+    }
   }
 }
 
@@ -40,23 +72,30 @@ template <bool kGrad, bool kPaired, typename T>
 IVAE_CLONE_INLINE void per_dim_tile(const T* __restrict__ col, const math::ImqScales<T>& s, int64_t i0, int64_t i1,
                                     int64_t j0, int64_t j1, double weight, double& value, double* grad_acc) {
   alignas(64) T tile_grad[kImqPerDimTile];  // the columns' shares, summed over the tile's rows
+  alignas(64) T diff[kImqPerDimTile], dist[kImqPerDimTile], kv[kImqPerDimTile], wv[kImqPerDimTile];
   if constexpr (kGrad) std::fill(tile_grad, tile_grad + (j1 - j0), T(0));
   double tile_value = 0;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t js = std::max(j0, i + 1);
     if (js >= j1) break;  // later rows start further right
+    const int64_t cols = j1 - js;
     const T zi = col[i];
+    const T* __restrict__ cj = col + js;
+#pragma omp simd
+    for (int64_t e = 0; e < cols; ++e) {
+      diff[e] = zi - cj[e];
+      dist[e] = diff[e] * diff[e];
+    }
+    kernel_of<kGrad, kPaired>(dist, cols, s, kv, wv);
     T row_value = 0, row_grad = 0;
+    T* __restrict__ tg = tile_grad + (js - j0);
 #pragma omp simd reduction(+ : row_value, row_grad)
-    for (int64_t j = js; j < j1; ++j) {
-      const T diff = zi - col[j];
-      T k, w;
-      value_weight<kGrad, kPaired>(diff * diff, s, k, w);
-      row_value += k;
+    for (int64_t e = 0; e < cols; ++e) {
+      row_value += kv[e];
       if constexpr (kGrad) {
-        const T wd = w * diff;
+        const T wd = wv[e] * diff[e];
         row_grad += wd;
-        tile_grad[j - j0] -= wd;
+        tg[e] -= wd;
       }
     }
     tile_value += static_cast<double>(row_value);
@@ -93,6 +132,7 @@ IVAE_CLONE_INLINE void joint_tile(const ImqProblem<T>& p, int64_t i0, int64_t i1
   const int64_t D = p.dim, N = p.N;
   alignas(64) T dist[kImqJointTile];
   alignas(64) T wt[kImqJointTile];
+  alignas(64) T kv[kImqJointTile];
   if constexpr (kGrad) std::fill(tile_grad, tile_grad + D * kImqJointTile, T(0));
   double tile_value = 0;
   for (int64_t i = i0; i < i1; ++i) {
@@ -110,14 +150,10 @@ IVAE_CLONE_INLINE void joint_tile(const ImqProblem<T>& p, int64_t i0, int64_t i1
         dist[c] += diff * diff;
       }
     }
+    kernel_of<kGrad, kPaired>(dist, cols, p.scales, kv, wt);
     T row_value = 0;
 #pragma omp simd reduction(+ : row_value)
-    for (int64_t c = 0; c < cols; ++c) {
-      T k, w;
-      value_weight<kGrad, kPaired>(dist[c], p.scales, k, w);
-      row_value += k;
-      if constexpr (kGrad) wt[c] = w;
-    }
+    for (int64_t c = 0; c < cols; ++c) row_value += kv[c];
     tile_value += static_cast<double>(row_value);
     if constexpr (kGrad) {
       double* gi = grad_acc + i * D;

@@ -22,23 +22,27 @@ struct ImqScales {
   bool paired;         // imq_pairable: the loops may use imq_value_weight_paired
 };
 
-// k(r) and, with kWeight, w(r). No branches: the loops that call it vectorise over pairs.
+// One scale's terms added to k and (kWeight) w: v = C/(C + r), v²/C. No branches: the loops
+// that call these vectorise over pairs.
 template <bool kWeight, typename T>
-IVAE_HD void imq_value_weight(T r, const ImqScales<T>& s, T& k, T& w) {
-  T value = 0, weight = 0;
-  for (int c = 0; c < s.count; ++c) {
-    const T v = s.scale[c] / (s.scale[c] + r);
-    value += v;
-    if constexpr (kWeight) weight += (v * s.inv_scale[c]) * v;
-  }
-  k = value;
-  if constexpr (kWeight) w = weight;
+IVAE_HD void imq_add_scale(T r, T scale, T inv_scale, T& k, T& w) {
+  const T v = scale / (scale + r);
+  k += v;
+  if constexpr (kWeight) w += (v * inv_scale) * v;
 }
 
-// The same with one division per two scales (divisions bound the loop): with a = C_s + r and
-// b = C_t + r, q = 1/(a b) gives 1/a = q b and 1/b = q a. Valid only for the scales
-// imq_pairable accepts: then a b neither underflows nor overflows for r <= imq_pair_cap<T>, and
-// pairs further apart (r > cap, kernel <= S C_max / cap, 1e-11 of its maximum or less) count as 0.
+// Two scales with one division (divisions bound the loops): with a = C_s + r and b = C_t + r,
+// q = 1/(a b) gives 1/a = q b and 1/b = q a. Valid only for the scales imq_pairable accepts and
+// r <= imq_pair_cap (see imq_value_weight_paired): then a b neither underflows nor overflows.
+template <bool kWeight, typename T>
+IVAE_HD void imq_add_scale_pair(T r, T scale_a, T inv_a, T scale_b, T inv_b, T& k, T& w) {
+  const T a = scale_a + r, b = scale_b + r;
+  const T q = T(1) / (a * b);
+  const T va = scale_a * (q * b), vb = scale_b * (q * a);
+  k += va + vb;
+  if constexpr (kWeight) w += (va * inv_a) * va + (vb * inv_b) * vb;
+}
+
 template <typename T>
 struct ImqPairLimits;
 template <>
@@ -50,6 +54,7 @@ struct ImqPairLimits<double> {
   static constexpr double kMinScale = 1e-100, kMaxScale = 1e50, kCap = 1e100;
 };
 
+// Whether every scale lies in the paired evaluator's range for T.
 template <typename T>
 inline bool imq_pairable(const double* scales, int count) {
   for (int c = 0; c < count; ++c) {
@@ -58,25 +63,39 @@ inline bool imq_pairable(const double* scales, int count) {
   return true;
 }
 
+// Pairs further apart than the cap (r > cap: kernel <= S C_max / cap, 1e-11 of its maximum or
+// less in float32) count as 0 in the paired evaluator; the pair terms see r capped so that the
+// products stay finite. False for NaN: it propagates.
+template <typename T>
+IVAE_HD bool imq_beyond_pair_cap(T r) {
+  return r > static_cast<T>(ImqPairLimits<T>::kCap);
+}
+template <typename T>
+IVAE_HD T imq_pair_capped(T r) {
+  const T cap = static_cast<T>(ImqPairLimits<T>::kCap);
+  return r > cap ? cap : r;
+}
+
+// k(r) and, with kWeight, w(r) of one pair, one division per scale (the CUDA kernels' form).
+template <bool kWeight, typename T>
+IVAE_HD void imq_value_weight(T r, const ImqScales<T>& s, T& k, T& w) {
+  T value = 0, weight = 0;
+  for (int c = 0; c < s.count; ++c) imq_add_scale<kWeight>(r, s.scale[c], s.inv_scale[c], value, weight);
+  k = value;
+  if constexpr (kWeight) w = weight;
+}
+
+// The same with one division per two scales, for imq_pairable scales.
 template <bool kWeight, typename T>
 IVAE_HD void imq_value_weight_paired(T r, const ImqScales<T>& s, T& k, T& w) {
-  const T cap = static_cast<T>(ImqPairLimits<T>::kCap);
-  const bool far = r > cap;  // false for NaN: it propagates
-  const T rc = far ? cap : r;
+  const T rc = imq_pair_capped(r);
   T value = 0, weight = 0;
   int c = 0;
   for (; c + 1 < s.count; c += 2) {
-    const T a = s.scale[c] + rc, b = s.scale[c + 1] + rc;
-    const T q = T(1) / (a * b);
-    const T va = s.scale[c] * (q * b), vb = s.scale[c + 1] * (q * a);
-    value += va + vb;
-    if constexpr (kWeight) weight += (va * s.inv_scale[c]) * va + (vb * s.inv_scale[c + 1]) * vb;
+    imq_add_scale_pair<kWeight>(rc, s.scale[c], s.inv_scale[c], s.scale[c + 1], s.inv_scale[c + 1], value, weight);
   }
-  if (c < s.count) {  // an odd count: the last scale alone
-    const T v = s.scale[c] / (s.scale[c] + rc);
-    value += v;
-    if constexpr (kWeight) weight += (v * s.inv_scale[c]) * v;
-  }
+  if (c < s.count) imq_add_scale<kWeight>(rc, s.scale[c], s.inv_scale[c], value, weight);
+  const bool far = imq_beyond_pair_cap(r);
   k = far ? T(0) : value;
   if constexpr (kWeight) w = far ? T(0) : weight;
 }
