@@ -4,9 +4,10 @@ autograd.
 The kernel is ``torch.ops.ivae_ext.imq_mmd`` (csrc/): one pass over the pairs gives the value
 and, for the inputs that need them, the gradients dMMD²/dx and dMMD²/dy — the output is a scalar,
 so the backward (``imq_mmd_backward``) only multiplies them by the incoming gradient. Computing
-them in the forward costs about a third more than the value alone, against a second pass over
-the pairs for a separate backward. Without the compiled extension (and under
-``use_reference_ops()``) the wrapper runs ``ivae_ext.reference.imq_mmd``.
+them in the forward costs about 1.7× the value alone (per_dim, B = 500, D = 50, float32, one
+thread: 40 ms against 23 ms); a separate backward would visit the pairs again (about 2.7× in all).
+Without the compiled extension (and under ``use_reference_ops()``) the wrapper runs
+``ivae_ext.reference.imq_mmd``.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ def imq_mmd(
     symmetric) and never holds an [n, m] or [n, m, D] tensor; sums are kept in double, float32
     pairs are summed in float over at most one tile (128 pairs) first. When grad mode is on and x
     or y requires grad, the same pass also computes dMMD²/dx and dMMD²/dy (∂k/∂a = −2(a − b)
-    Σ_C C/(C + r)²), which the backward scales: about 1.3× the cost of the value alone, no second
-    pass. Deterministic: the same result for any thread count. Second derivatives are not
+    Σ_C C/(C + r)²), which the backward scales: about 1.7× the cost of the value alone, no second
+    pass over the pairs. Deterministic: the same result for any thread count. Second derivatives are not
     supported (a clear error; use ``ivae_ext.reference.imq_mmd``).
 
     NaN policy: a NaN in x or y gives a NaN result (and NaN gradients where it reaches), as the
