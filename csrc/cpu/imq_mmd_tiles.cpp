@@ -21,6 +21,12 @@ IVAE_CLONE_INLINE TileKind tile_kind(const ImqProblem<T>& p, int64_t i, int64_t 
   return {p.weights.xy, want_grad && (p.grad_x || p.grad_y)};
 }
 
+// Kernel passes run over the row's columns rounded up to kLanes (distance 0 in the padding, results
+// unused): no scalar remainder iterations, which would divide one pair at a time.
+constexpr int64_t kLanes = 16;
+IVAE_CLONE_INLINE int64_t padded(int64_t cols) { return (cols + kLanes - 1) / kLanes * kLanes; }
+static_assert(kImqPerDimTile % kLanes == 0 && kImqJointTile % kLanes == 0, "tiles hold whole lane groups");
+
 // End of the column tile starting at j0: kTile columns, cut at the x/y boundary.
 IVAE_CLONE_INLINE int64_t tile_end(int64_t j0, int64_t tile, int64_t n, int64_t N) {
   return std::min(j0 + tile, j0 < n ? n : N);
@@ -86,7 +92,9 @@ IVAE_CLONE_INLINE void per_dim_tile(const T* __restrict__ col, const math::ImqSc
       diff[e] = zi - cj[e];
       dist[e] = diff[e] * diff[e];
     }
-    kernel_of<kGrad, kPaired>(dist, cols, s, kv, wv);
+    const int64_t lanes = padded(cols);
+    std::fill(dist + cols, dist + lanes, T(0));
+    kernel_of<kGrad, kPaired>(dist, lanes, s, kv, wv);
     T row_value = 0, row_grad = 0;
     T* __restrict__ tg = tile_grad + (js - j0);
 #pragma omp simd reduction(+ : row_value, row_grad)
@@ -150,7 +158,9 @@ IVAE_CLONE_INLINE void joint_tile(const ImqProblem<T>& p, int64_t i0, int64_t i1
         dist[c] += diff * diff;
       }
     }
-    kernel_of<kGrad, kPaired>(dist, cols, p.scales, kv, wt);
+    const int64_t lanes = padded(cols);
+    std::fill(dist + cols, dist + lanes, T(0));
+    kernel_of<kGrad, kPaired>(dist, lanes, p.scales, kv, wt);
     T row_value = 0;
 #pragma omp simd reduction(+ : row_value)
     for (int64_t c = 0; c < cols; ++c) row_value += kv[c];
