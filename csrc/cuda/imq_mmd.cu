@@ -1,6 +1,6 @@
 // CUDA binding of ivae_ext::imq_mmd (and imq_mmd_backward): argument checks (shared with the CPU
 // binding), device guard, current stream, workspace. Kernels: imq_mmd.cuh.
-// Compiled here, never run: this machine has no GPU (see the status note in imq_mmd.cuh).
+// Compiled here, never run on a GPU: this machine has none (see the status note in imq_mmd.cuh).
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>

@@ -18,10 +18,13 @@
 // Weights per ordered pair: value v = 1/(n(n-1)) within x, 1/(m(m-1)) within y, -1/(nm) across;
 // gradient of row i: 2 v ∂k/∂z_i = -4 v w(r) (z_i - z_j).
 //
-// Status: compiled for the architectures of TORCH_CUDA_ARCH_LIST here, never run on a GPU (there
-// is none on this machine) nor under an emulator. The CPU op is the tested implementation; expect
-// these kernels to need a run against it on a GPU before use. The speed is untuned (one thread
-// per owner, double accumulators, scales read from global memory).
+// Status: compiled here (TORCH_CUDA_ARCH_LIST=8.0;9.0, nvcc 13), never run on a GPU (this machine
+// has none). Executed once under a CPU emulation of CUDA (HIP-CPU, launched through
+// IVAE_LAUNCH_KERNEL, blocks of 32 and of 256 threads) against a naive double loop: value and
+// gradients agreed to 1e-14 in double and 2e-7 in float, per_dim and joint, D up to 37 (two
+// dimension chunks), several blocks of rows, either or both gradients. That run is not in CI:
+// run the tests on a GPU before relying on these kernels. The speed is untuned (one thread per
+// owner, every ordered pair visited twice, double accumulators, scales read from global memory).
 #pragma once
 
 #include <cstdint>
