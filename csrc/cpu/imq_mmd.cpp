@@ -28,6 +28,9 @@ namespace {
 
 constexpr int64_t kPerDimTasks = 32;  // per_dim: at least this many (dimension, chunk) tasks when D is small
 constexpr int64_t kJointTasks = 16;   // joint: row chunks, each with an [N, D] gradient partial
+// Below this many pair-dimensions (about a millisecond on one core) the tasks run on the calling
+// thread: waking the pool costs more than it saves, and much more when the other cores are busy.
+constexpr int64_t kMinParallelPairDims = int64_t{1} << 20;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -83,7 +86,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> imq_mmd_kernel(const ImqMmdArgs& 
   std::vector<double> values(tasks, 0.0);
   // Gradient partials: per_dim [D, chunks, N] (task t's slice at t·N), joint [chunks, N, D].
   std::vector<double> parts(want_grad ? tasks * N * (a.per_dim ? 1 : D) : 0, 0.0);
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t pair_dims = (N * (N - 1) / 2) * D;
+  const int64_t grain = pair_dims < kMinParallelPairDims ? tasks : 1;  // the same tasks either way
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     std::vector<T> scratch(a.per_dim ? 0 : D * kImqJointTile);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t chunk = t % chunks;
@@ -103,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> imq_mmd_kernel(const ImqMmdArgs& 
     T* gx = mask[0] ? grad_x.mutable_data_ptr<T>() : nullptr;
     T* gy = mask[1] ? grad_y.mutable_data_ptr<T>() : nullptr;
     // ∂k/∂z_i = -2 w (z_i - z_j): the partials hold Σ weight · w · (z_i - z_j).
-    at::parallel_for(0, N, 256, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N, pair_dims < kMinParallelPairDims ? N : 256, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         T* out = i < n ? (gx != nullptr ? gx + i * D : nullptr) : (gy != nullptr ? gy + (i - n) * D : nullptr);
         if (out == nullptr) continue;
