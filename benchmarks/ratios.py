@@ -19,6 +19,7 @@ import aggregate_log_q_cases as agg  # noqa: E402
 import expfam_kl_cases as kl  # noqa: E402
 import brenier_logdet_cases as logdet  # noqa: E402
 import icnn_map_cases as icnn  # noqa: E402
+import imq_mmd_cases as mmd  # noqa: E402
 from timing import measure_copy_bandwidth, median_times  # noqa: E402
 
 
@@ -109,6 +110,28 @@ def aggregate_log_q_rows(rounds: int, gemm_flops_per_s: float):
             }
 
 
+def imq_mmd_rows(rounds: int):
+    for batch, dim, per_dim in mmd.SIZES:
+        impls = mmd.implementations(per_dim)
+        for mode in mmd.MODES:
+            inputs = mmd.make_inputs(batch, dim, mode != "forward")
+            steps = {name: mmd.step(fn, inputs, mode) for name, fn in impls.items()}
+            eager_rounds = max(3, rounds // 10) if batch * batch * (dim if per_dim else 1) > 10**6 else rounds
+            times = median_times({k: v for k, v in steps.items() if k != "reference (eager)"}, rounds, warmup=2)
+            times.update(median_times({"reference (eager)": steps["reference (eager)"]}, eager_rounds, warmup=1))
+            anchor = times.get("anchor formula (compiled)")
+            yield {
+                "op": "imq_mmd",
+                "case": f"B={batch} D={dim} {'per_dim' if per_dim else 'joint'}",
+                "mode": mode,
+                "eager / fused": times["reference (eager)"] / times["fused"],
+                "compiled reference / fused": times["reference (compiled)"] / times["fused"],
+                "compiled anchor formula / fused": anchor / times["fused"] if anchor else float("nan"),
+                "fused ms": 1e3 * times["fused"],
+                "fused G pair-dims/s": mmd.pair_dims(batch, dim, per_dim) / times["fused"] / 1e9,
+            }
+
+
 def print_table(title_columns, rows, formats):
     header = " ".join(f"{name:>{width}}" for name, width in title_columns)
     print(header)
@@ -122,7 +145,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="timed calls per implementation (median)")
     parser.add_argument("--out", help="also write the rows as JSON to this file (atomically)")
-    parser.add_argument("--only", choices=("expfam_kl", "icnn_map", "brenier_logdet", "aggregate_log_q"),
+    parser.add_argument("--only", choices=("expfam_kl", "icnn_map", "brenier_logdet", "aggregate_log_q", "imq_mmd"),
                         help="measure one op's rows only")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     args = parser.parse_args(argv)
@@ -174,6 +197,18 @@ def main(argv=None) -> int:
         rows += list(print_table(agg_columns, aggregate_log_q_rows(max(5, args.rounds // 3), rate), agg_formats))
         print("aggregate_log_q: cref = torch.compile(reference), cplain = torch.compile(plain Gaussian formula); of GEMM = "
               "(pair-dims/s x minimum FMA-equivalents per pair-dim, an exp counted as 10) / GEMM FMA rate")
+    if want("imq_mmd"):
+        mmd_columns = [("op", 8), ("case", 22), ("mode", 17), ("eager/fused", 12), ("cref/fused", 11), ("canchor/fused", 14), ("fused ms", 9), ("Gpair-d/s", 10)]
+        mmd_formats = [
+            lambda r: f"{r['op']:>8}", lambda r: f"{r['case']:>22}", lambda r: f"{r['mode']:>17}",
+            lambda r: f"{r['eager / fused']:>11.1f}x", lambda r: f"{r['compiled reference / fused']:>10.1f}x",
+            lambda r: f"{r['compiled anchor formula / fused']:>13.1f}x", lambda r: f"{r['fused ms']:>9.2f}",
+            lambda r: f"{r['fused G pair-dims/s']:>10.2f}",
+        ]
+        rows += list(print_table(mmd_columns, imq_mmd_rows(max(5, args.rounds // 3)), mmd_formats))
+        print("imq_mmd: float32, x and y both require grad for forward+backward; cref = torch.compile(reference "
+              "[n, m, D] formula), canchor = torch.compile(the anchor's per-scale formula; per_dim only); Gpair-d/s = "
+              "(n(n-1) + nm) pairs x D (per_dim) / fused time")
     print("all ratios are medians of interleaved calls in this one process")
     if args.out:
         directory = os.path.dirname(os.path.abspath(args.out))

@@ -50,6 +50,19 @@ TORCH_LIBRARY(ivae_ext, m) {
       "aggregate_log_q_backward(Tensor? grad_log_qz, Tensor? grad_log_qz_marginals, Tensor z, "
       "Tensor q_loc, Tensor q_log_scale, Tensor log_qz, Tensor log_qz_marginals, str family, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Unbiased MMD² between x [n, D] and y [m, D] (n, m >= 2) with the kernel Σ_C C / (C + r),
+  // r the squared distance per dimension (per_dim: the sum of the D one-dimensional MMD²) or
+  // joint; streamed over pairs in tiles (no [n, m] or [n, m, D] buffer). The gradients dMMD²/dx
+  // [n, D] and dMMD²/dy [m, D] come from the same pass for the inputs flagged in output_mask
+  // (the others come back empty): the output is a scalar, so the backward only scales them.
+  m.def(
+      "imq_mmd(Tensor x, Tensor y, float[] scales, bool per_dim, bool[2] output_mask) "
+      "-> (Tensor mmd, Tensor grad_x, Tensor grad_y)");
+  // grad · grad_x and grad · grad_y (the forward's gradient outputs) for the inputs flagged in
+  // output_mask; x and y are there for their shapes and so that autograd records this op.
+  m.def(
+      "imq_mmd_backward(Tensor grad, Tensor x, Tensor y, Tensor grad_x, Tensor grad_y, bool[2] output_mask) "
+      "-> (Tensor, Tensor)");
 }
 
 #ifdef IVAE_PYTHON_MODULE

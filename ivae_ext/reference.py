@@ -125,3 +125,28 @@ def aggregate_log_q(z, q_loc, q_log_scale, family: str = "gaussian"):
     log_qz = torch.logsumexp(pairwise.sum(-1), dim=1) - log_n
     log_qz_marginals = torch.logsumexp(pairwise, dim=1) - log_n
     return log_qz, log_qz_marginals
+
+
+IMQ_SCALES = (0.2, 0.4, 1.0, 2.0, 4.0, 10.0)
+
+
+def imq_kernel(a, b, scales=IMQ_SCALES, per_dim: bool = True) -> torch.Tensor:
+    """Σ_C C / (C + r) for every pair (a_i, b_j): r = (a_id - b_jd)² per dimension, [n, m, D]
+    (per_dim), or r = ‖a_i - b_j‖², [n, m, 1]."""
+    sq = (a.unsqueeze(1) - b.unsqueeze(0)) ** 2
+    r = sq if per_dim else sq.sum(-1, keepdim=True)
+    return sum(c / (c + r) for c in scales)
+
+
+def imq_mmd(x, y, scales=IMQ_SCALES, per_dim: bool = True) -> torch.Tensor:
+    """Unbiased MMD² between samples x [n, D] and y [m, D] with the inverse multiquadric kernel
+    summed over `scales`, the way the decomposition-VAE code computes it: the [n, n, D], [m, m, D]
+    and [n, m, D] kernel tensors (per_dim: the sum over d of the 1-D MMD² of column d), the
+    within-sample diagonals masked out, and autograd for the gradients."""
+    n, m = x.shape[0], y.shape[0]
+    off_x = 1.0 - torch.eye(n, dtype=x.dtype, device=x.device).unsqueeze(-1)
+    off_y = 1.0 - torch.eye(m, dtype=y.dtype, device=y.device).unsqueeze(-1)
+    k_xx = (imq_kernel(x, x, scales, per_dim) * off_x).sum() / (n * (n - 1))
+    k_yy = (imq_kernel(y, y, scales, per_dim) * off_y).sum() / (m * (m - 1))
+    k_xy = imq_kernel(x, y, scales, per_dim).sum() / (n * m)
+    return k_xx + k_yy - 2.0 * k_xy

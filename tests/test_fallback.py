@@ -30,6 +30,14 @@ def test_import_without_extension_warns_once_and_falls_back():
             assert "p_loc must be broadcastable" in str(error)
         else:
             raise AssertionError("the fallback must check arguments too")
+        x, y = torch.randn(4, 2, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+        assert torch.equal(ivae_ext.ops.imq_mmd(x, y), ivae_ext.reference.imq_mmd(x, y))
+        try:
+            ivae_ext.ops.imq_mmd(x[:1], y)
+        except ValueError as error:
+            assert "x must hold at least two samples" in str(error)
+        else:
+            raise AssertionError("the imq_mmd fallback must check arguments too")
         print("ok")
         """
     )

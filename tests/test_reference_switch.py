@@ -16,7 +16,8 @@ from ivae_ext import reference
 from ivae_ext.models import IVAE, VAE, ConvexPotentialFlow
 from ivae_ext.nn import BrenierMap
 from ivae_ext.ops import (
-    aggregate_log_q, brenier_logdet, brenier_map_logdet, expfam_kl, icnn_map, reference_ops_enabled, use_reference_ops,
+    aggregate_log_q, brenier_logdet, brenier_map_logdet, expfam_kl, icnn_map, imq_mmd, reference_ops_enabled,
+    use_reference_ops,
 )
 from ivae_ext.ops.brenier_logdet import HAS_FUSED_LOGDET
 from ivae_ext.ops.icnn_map import HAS_FUSED_ICNN
@@ -74,6 +75,12 @@ def _aggregate_inputs():
     return [t.requires_grad_() for t in (z, loc, log_scale)]
 
 
+def _mmd_inputs():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 3, generator=gen, dtype=F64), 0.5 + torch.randn(5, 3, generator=gen, dtype=F64)
+    return [x.requires_grad_(), y.requires_grad_()]
+
+
 CASES = [
     _kl_case("gaussian", "sum", (6, 3)),
     _kl_case("laplace", "none", (3,)),
@@ -92,6 +99,9 @@ CASES = [
     ("aggregate_log_q-laplace-joint-only", _aggregate_inputs,
      lambda *a: aggregate_log_q(*a, "laplace", with_marginals=False),
      lambda *a: (reference.aggregate_log_q(*a, "laplace")[0], None), "aggregate_log_q"),
+    ("imq_mmd-per_dim", _mmd_inputs, imq_mmd, reference.imq_mmd, "imq_mmd"),
+    ("imq_mmd-joint", _mmd_inputs, lambda *a: imq_mmd(*a, (0.5, 3.0), False),
+     lambda *a: reference.imq_mmd(*a, (0.5, 3.0), False), "imq_mmd"),
 ]
 
 
@@ -157,6 +167,10 @@ BAD_CALLS = {
     "aggregate-empty-mixture": lambda: aggregate_log_q(torch.zeros(3, 2, dtype=F64), torch.zeros(0, 2, dtype=F64),
                                                        torch.zeros(0, 2, dtype=F64)),
     "aggregate-half": lambda: aggregate_log_q(*(torch.zeros(3, 2, dtype=torch.float16) for _ in range(3))),
+    "mmd-one-sample": lambda: imq_mmd(torch.zeros(1, 3, dtype=F64), torch.zeros(4, 3, dtype=F64)),
+    "mmd-dimensions": lambda: imq_mmd(torch.zeros(2, 3, dtype=F64), torch.zeros(4, 2, dtype=F64)),
+    "mmd-dtype": lambda: imq_mmd(torch.zeros(2, 3), torch.zeros(4, 3, dtype=F64)),
+    "mmd-scales": lambda: imq_mmd(torch.zeros(2, 3), torch.zeros(4, 3), (1.0, 0.0)),
 }
 # The C++ kernels spell dtypes as c10 does, the Python checks (fake kernels, reference path) as torch.
 _DTYPE_SPELLING = {"torch.float64": "Double", "torch.float32": "Float", "torch.float16": "Half"}
@@ -203,14 +217,15 @@ def test_non_positive_definite_policy_is_the_fused_ops():
 
 
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "inputs_without_grad", "grad"])
-@pytest.mark.parametrize("op", ["icnn_map", "brenier_map_logdet", "expfam_kl", "aggregate_log_q"])
+@pytest.mark.parametrize("op", ["icnn_map", "brenier_map_logdet", "expfam_kl", "aggregate_log_q", "imq_mmd"])
 def test_autograd_metadata_is_the_fused_ops(op, mode):
     """The reference records its own graph (double backprop) even under no_grad; the reference
     path keeps a graph only where the fused op records one, and works under inference mode."""
     inputs = {"icnn_map": lambda: icnn_inputs(4, 3, 5, 2), "brenier_map_logdet": lambda: icnn_inputs(4, 3, 5, 2),
-              "expfam_kl": lambda: kl_inputs(4, 3, (3,), F64, "cpu"), "aggregate_log_q": _aggregate_inputs}[op]()
+              "expfam_kl": lambda: kl_inputs(4, 3, (3,), F64, "cpu"), "aggregate_log_q": _aggregate_inputs,
+              "imq_mmd": _mmd_inputs}[op]()
     fn = {"icnn_map": icnn_map, "brenier_map_logdet": lambda *a: brenier_map_logdet(*a, return_info=True),
-          "expfam_kl": expfam_kl, "aggregate_log_q": aggregate_log_q}[op]
+          "expfam_kl": expfam_kl, "aggregate_log_q": aggregate_log_q, "imq_mmd": imq_mmd}[op]
     if mode == "inputs_without_grad":
         inputs = [t.detach() for t in inputs]
     context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(mode, torch.enable_grad)

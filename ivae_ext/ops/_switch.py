@@ -2,7 +2,7 @@
 the fused kernels, for debugging and end-to-end benchmarks.
 
     with ivae_ext.ops.use_reference_ops():
-        loss = model.loss(batch)          # expfam_kl, icnn_map, brenier_*, aggregate_log_q: reference
+        loss = model.loss(batch)          # expfam_kl, icnn_map, brenier_*, aggregate_log_q, imq_mmd: reference
 
     @ivae_ext.ops.use_reference_ops()     # note the parentheses
     def evaluate(model, batch): ...
@@ -16,7 +16,7 @@ The state is per thread (threading.local): a thread started inside the context d
 (it starts with the fused ops); enter the context in that thread to switch it there. Nesting
 restores the enclosing state on exit, also when the block raises. Under torch.compile the state
 is guarded: a function compiled with it off is recompiled (not silently reused) when called
-with it on. expfam_kl and aggregate_log_q then still trace with fullgraph=True; the reference
+with it on. expfam_kl, aggregate_log_q and imq_mmd then still trace with fullgraph=True; the reference
 paths of icnn_map and brenier_* check alpha's sign on the host and call autograd inside, so
 they graph-break there (compile without fullgraph when the switch is on).
 """
