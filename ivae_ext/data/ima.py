@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ivae_ext.data.mixing import MIXINGS, Mixing, centre, draw_sources, make_mixing
-from ivae_ext.data.npz import DataFormatError, _check_finite, _float_matrix
+from ivae_ext.data.npz import DataFormatError, _check_finite, _float_matrix, read_npz
 
 SPLIT_FRACTIONS = (0.7, 0.2, 0.1)
 
@@ -85,13 +85,7 @@ def make_ima_data(mixing: str = "moebius", n_sources: int = 3, n: int = 60000, s
 
 def load_ima_npz(path: str, seed: int = 1) -> IMAData:
     """x [N, D] and optional true sources s [N, n] (n <= D) from an .npz, split 70/20/10 with `seed`."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file not found: {path}")
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    if "x" not in arrays:
-        raise DataFormatError(f"{path}: missing required array 'x' (found: {sorted(arrays) or 'none'}); "
-                              "expected x [N, D] and optionally s [N, n]")
+    arrays = read_npz(path, ("x",), "x [N, D] and optionally s [N, n]")
     x = _float_matrix("x", arrays["x"], path)
     _check_finite("x", x, path)
     s = None

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ivae_ext.data.npz import DataFormatError
+from ivae_ext.data.npz import DataFormatError, read_npz
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -454,18 +454,7 @@ def load_npz_images(path: str, *, test_fraction: float = 0.2, seed: int = 0) -> 
     a wrong number of dimensions, an empty array, NaN or inf (with the rows), x_test with another D.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise DataFormatError(f"{path}: not a readable .npz file ({exc})") from exc
-    if "x" not in arrays:
-        raise DataFormatError(
-            f"{path}: missing required array 'x' (found: {', '.join(sorted(arrays)) or 'none'}); "
-            "expected x [N, D] or [N, H, W], optionally x_test, y, y_test"
-        )
+    arrays = read_npz(path, ("x",), "x [N, D] or [N, H, W], optionally x_test, y, y_test")
     x, shape = _npz_images("x", arrays["x"], path)
     y = _npz_labels("y", arrays["y"], len(x), path) if "y" in arrays else None
     if "x_test" in arrays:

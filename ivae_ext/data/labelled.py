@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ivae_ext.data.npz import DataFormatError, _check_finite, _float_matrix
+from ivae_ext.data.npz import DataFormatError, _check_finite, _float_matrix, read_npz
 
 __all__ = ["LabelledData", "load_labelled_npz"]
 
@@ -50,13 +50,7 @@ def _labels_array(arr: np.ndarray, n: int, path: str) -> np.ndarray:
 
 def load_labelled_npz(path: str) -> LabelledData:
     """Read x and the optional labels / factors; rows must match and every value be finite."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"data file not found: {path}")
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    if "x" not in arrays:
-        raise DataFormatError(f"{path}: missing required array 'x' (found: {sorted(arrays) or 'none'}); expected x "
-                              "[N, D] or images [N, (C,) H, W], optionally labels [N] and factors [N, k]")
+    arrays = read_npz(path, ("x",), "x [N, D] or images [N, (C,) H, W], optionally labels [N] and factors [N, k]")
     x = _x_array(arrays["x"], path)
     labels = _labels_array(arrays["labels"], len(x), path) if "labels" in arrays else None
     factors = None

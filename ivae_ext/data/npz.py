@@ -42,18 +42,27 @@ def labels_to_onehot(labels: np.ndarray, path: str = "u") -> tuple[np.ndarray, n
     return np.eye(len(values), dtype=np.float32)[index], index
 
 
-def load_npz(path: str) -> NonlinearICAData:
-    """Read x [N, D], u ([N] integer labels -> one-hot, or [N, m] features) and optional s [N, n]."""
+def read_npz(path: str, required: tuple[str, ...], expected: str) -> dict[str, np.ndarray]:
+    """Every array of the .npz at `path` (no pickles), after checking that it exists, is readable
+    and holds the `required` arrays; `expected` describes the format for the error message."""
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file not found: {path}")
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    for key in ("x", "u"):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataFormatError(f"{path}: not a readable .npz file ({exc})") from exc
+    for key in required:
         if key not in arrays:
-            raise DataFormatError(
-                f"{path}: missing required array '{key}' (found: {sorted(arrays) or 'none'}); "
-                "expected x [N, D], u [N] or [N, m], optional s [N, n]"
-            )
+            raise DataFormatError(f"{path}: missing required array '{key}' (found: "
+                                  f"{', '.join(sorted(arrays)) or 'none'}); expected {expected}")
+    return arrays
+
+
+def load_npz(path: str) -> NonlinearICAData:
+    """Read x [N, D], u ([N] integer labels -> one-hot, or [N, m] features) and optional s [N, n]."""
+    arrays = read_npz(path, ("x", "u"), "x [N, D], u [N] or [N, m], optional s [N, n]")
     x = _float_matrix("x", arrays["x"], path)
     raw_u = arrays["u"]
     s = _float_matrix("s", arrays["s"], path) if "s" in arrays else None

@@ -35,7 +35,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
 from ivae_ext.distributions import kl_divergence, monte_carlo_kl
-from ivae_ext.ops import aggregate_log_q
+from ivae_ext.ops import aggregate_log_q, imq_mmd
 
 LIKELIHOODS = ("gaussian", "laplace", "bernoulli")
 DIVERGENCES = ("mmd", "mmd-joint", "kl", "kl-inclusive")
@@ -161,8 +161,6 @@ class DecompVAE(nn.Module):
     def aggregate_divergence(self, loc: torch.Tensor, scale: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """D(q(z), p(z)) for the batch: a scalar (see the module docstring)."""
         if self.divergence in ("mmd", "mmd-joint"):
-            from ivae_ext.ops import imq_mmd
-
             return imq_mmd(self._prior_draws(len(z), z), z, self.mmd_scales,
                            per_dim=self.divergence == "mmd")
         log_scale = scale.log()
