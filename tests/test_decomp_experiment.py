@@ -44,6 +44,11 @@ def test_digits_sparse_prior_and_an_npz_with_labels(tmp_path):
     m = _train(tmp_path, "dg", "--data", "digits", "--prior", "sparse", "--gamma", "0.8", "--alpha", "10",
                "--epochs", "1", "--latent-dim", "8", "--hidden", "32")
     assert 0 <= m["hoyer"] <= 1 and m["model_config"]["likelihood"] == "laplace" and "reg" in m
+    m = _train(tmp_path, "dg32", "--data", "digits32", "--prior", "sparse", "--alpha", "10", "--epochs", "1",
+               "--latent-dim", "6", "--hidden", "8")
+    assert m["model_config"]["likelihood"] == "laplace" and m["config"]["arch"] is None and "val_recon" in m
+    state = __import__("torch").load(os.path.join(tmp_path, "dg32", "model.pt"))
+    assert state["encoder.trunk.0.weight"].shape == (8, 1, 4, 4)  # the DCGAN networks, width from --hidden
     path = str(tmp_path / "blobs.npz")
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 200)
@@ -61,6 +66,11 @@ def test_bad_options_are_refused_by_name(tmp_path):
         DecompConfig(gamma=1.5)
     with pytest.raises(ValueError, match="data must be one of"):
         DecompConfig(data="mnist")
+    with pytest.raises(ValueError, match="arch must be one of"):
+        DecompConfig(arch="resnet")
+    with pytest.raises(ValueError, match="arch 'conv' .* needs 32 × 32 single-channel images .* got 64 values"):
+        main(["train", "--model", "decomp", "--data", "digits", "--arch", "conv", "--epochs", "1", "--no-progress",
+              "--out", str(tmp_path / "c")])
     with pytest.raises(SystemExit):
         main(["train", "--model", "decomp", "--prior", "laplace", "--out", str(tmp_path)])
     missing = str(tmp_path / "missing.npz")
@@ -89,10 +99,20 @@ def test_reproduce_writes_tables_and_claim_checks(tmp_path):
     assert "pinwheel_beta1_alpha1_kl_met" in table["claims"]
     assert "| β = 1, α = 1, D = KL(q ‖ p) |" in open(os.path.join(out, "table.md")).read()
     row = lambda **s: {"summary": {k: {"mean": v, "std": 0.0} for k, v in s.items()}}
-    checks = decomp_claim_checks({"sparsity": {"gamma0_alpha0": row(hoyer=0.2, recon=100.0),
-                                               "gamma0.8_alpha10": row(hoyer=0.31, recon=104.0),
-                                               "gamma0.8_alpha100": row(hoyer=0.4, recon=110.0)},
+    sparsity = {"gamma0_alpha0": row(hoyer=0.2, recon=100.0, val_recon=100.0),
+                "gamma0.8_alpha0": row(hoyer=0.25, recon=101.0, val_recon=101.0),
+                "gamma0.8_alpha10": row(hoyer=0.31, recon=104.0, val_recon=104.5),
+                "gamma0.8_alpha100": row(hoyer=0.4, recon=110.0, val_recon=105.5)}
+    checks = first = decomp_claim_checks({"sparsity": sparsity,
                                   "sprites": {"isotropic": row(disentanglement=0.6, recon=50.0),
                                               "anisotropic": row(disentanglement=0.7, recon=51.0)}})
     assert checks["sparsity_gamma0.8_alpha10_met"] and not checks["sparsity_gamma0.8_alpha100_met"]
-    assert checks["sprites_anisotropic_met"] and checks["sprites_anisotropic_disentanglement_gain"] == pytest.approx(0.1)
+    # α is chosen on the validation reconstruction alone: 100 fails it (5.5% > 5%), so 10 is chosen
+    assert checks["sparsity_chosen_alpha"] == 10.0 and checks["sparsity_hoyer_rises_with_alpha"]
+    assert checks["sparsity_met"]
+    sparsity["gamma0.8_alpha100"] = row(hoyer=0.4, recon=110.0, val_recon=104.9)  # now 100 passes on validation...
+    checks = decomp_claim_checks({"sparsity": sparsity})
+    assert checks["sparsity_chosen_alpha"] == 100.0 and not checks["sparsity_met"]  # ...but not on the test split
+    sparsity["gamma0.8_alpha10"] = row(hoyer=0.24, recon=104.0, val_recon=104.5)  # Hoyer no longer rises with α
+    assert not decomp_claim_checks({"sparsity": sparsity})["sparsity_hoyer_rises_with_alpha"]
+    assert first["sprites_anisotropic_met"] and first["sprites_anisotropic_disentanglement_gain"] == pytest.approx(0.1)

@@ -1,6 +1,6 @@
 """The decomposition-VAE family of the command line: the α/β objective with structured priors.
 
-``train --model decomp --data pinwheel|sprites|digits|PATH.npz``. The interface every family module
+``train --model decomp --data pinwheel|sprites|digits|digits32|PATH.npz``. The interface every family module
 exposes is described in ivae_ext.cli.
 """
 
@@ -18,7 +18,7 @@ TRAIN_HELP = "train one decomposition VAE and write metrics.json, curves.png, la
 TRAIN_DESCRIPTION = (
     "Train a VAE on the objective E_q log p(x|z) − β KL(q(z|x) ‖ p(z)) − α D(q(z), p(z)) with a structured "
     "prior, on pinwheel data (clustering), procedural sprites (disentanglement), scikit-learn's digits "
-    "(sparsity) or your .npz (x, optionally labels or factors, used only for scoring). The parameters "
+    "(sparsity; 'digits32' upsampled for the DCGAN networks) or your .npz (x, optionally labels or factors, used only for scoring). The parameters "
     "reported are those of the best validation objective (every --val-every epochs). Writes "
     "OUT/metrics.json (recon, KL, IW log-likelihood, Hoyer sparsity; cluster_acc / NMI / ARI with labels "
     "and a mixture prior; disentanglement and MCC with factors), OUT/curves.png, OUT/latents.png (q(z) "
@@ -27,13 +27,13 @@ TRAIN_DESCRIPTION = (
 REPRODUCE_HELP = "reproduce the decomposition VAE's clustering, sparsity and disentanglement experiments"
 REPRODUCE_DESCRIPTION = (
     "Train the decomposition VAE on pinwheel data with a mixture prior ((β, α) = (1, 0), (0, 1), (1, 1)), on "
-    "scikit-learn's digits with the sparse prior (γ = 0, 0.8; α = 0 and a sweep) and on procedural sprites "
+    "scikit-learn's digits upsampled to 32×32 with the sparse prior (γ = 0, 0.8; α = 0 and a sweep) and on procedural sprites "
     "with isotropic, anisotropic (fixed, learned) and Student-t priors, over several seeds; write "
     "OUT/table.md and OUT/table.json and every run's outputs under OUT/<experiment>/<setting>/seed<k>/."
 )
 
 KEYS = ("n", "data_seed", "prior", "alpha", "beta", "divergence", "gamma", "components", "df", "prior_variance",
-        "learn_prior", "likelihood", "decoder_scale", "latent_dim", "hidden", "layers", "epochs", "batch_size", "lr",
+        "learn_prior", "likelihood", "decoder_scale", "latent_dim", "arch", "hidden", "layers", "epochs", "batch_size", "lr",
         "val_every", "iw_samples")
 
 
@@ -42,12 +42,13 @@ def handles_train(model: str, data: str) -> bool:
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from ivae_ext.experiments.decomp import PRIORS
+    from ivae_ext.experiments.decomp import ARCHS, PRIORS
     from ivae_ext.models.decomp import DIVERGENCES, LIKELIHOODS
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", default="pinwheel", help="'pinwheel', 'sprites', 'digits', or PATH.npz with x [N, ...] "
-                   "and optionally labels [N] or factors [N, K]")
+    g.add_argument("--data", default="pinwheel", help="'pinwheel', 'sprites', 'digits' (scikit-learn's 8×8), 'digits32' "
+                   "(the same upsampled to 32×32 for the DCGAN networks), or PATH.npz with x [N, ...] and optionally "
+                   "labels [N] or factors [N, K]")
     g.add_argument("--n", type=int, default=None,
                    help="pinwheel: points per split (default 400, the anchor's); sprites: images (default 10000)")
     g.add_argument("--data-seed", type=int, default=0, help="seed of the generated data and of the split")
@@ -69,8 +70,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "digits, gaussian on .npz)")
     g.add_argument("--decoder-scale", type=float, default=0.1, help="fixed scale of a Gaussian / Laplace likelihood")
     g.add_argument("--latent-dim", type=int, default=None, help="default 2 (pinwheel), 10 (sprites, .npz), 50 (digits)")
-    g.add_argument("--hidden", type=int, default=None, help="MLP width (default 100 on pinwheel, else 256)")
-    g.add_argument("--layers", type=int, default=None, help="hidden layers (default 1 on pinwheel, else 2)")
+    g.add_argument("--arch", choices=ARCHS, default=None,
+                   help="networks: MLPs, or the anchor's DCGAN convolutions for 32×32 images (default conv on digits32, "
+                        "else mlp)")
+    g.add_argument("--hidden", type=int, default=None,
+                   help="MLP width (default 100 on pinwheel, else 256); conv: first layer's channels (default 32)")
+    g.add_argument("--layers", type=int, default=None, help="MLP hidden layers (default 1 on pinwheel, else 2)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=100, help="passes over the data")
     g.add_argument("--batch-size", type=int, default=100, help="minibatch size (>= 2: D is estimated from a batch)")

@@ -23,18 +23,29 @@ from ivae_ext.experiments.common import (SelectionByValidation, check_int_fields
 from ivae_ext.metrics.decomp import clustering_scores, disentanglement_score, hoyer_sparsity
 from ivae_ext.metrics.likelihood import iw_log_likelihood
 from ivae_ext.metrics.mcc import mcc
+from ivae_ext.models.dcgan import SIDE, DCGANDecoder, DCGANEncoder
 from ivae_ext.models.decomp import DIVERGENCES, LIKELIHOODS, DecompVAE, MLPDecoder, MLPEncoder
 from ivae_ext.training import evaluate_loss, fit
 
-DATASETS = ("pinwheel", "sprites", "digits")
+DATASETS = ("pinwheel", "sprites", "digits", "digits32")
+ARCHS = ("mlp", "conv")
+CONV_WIDTH = 32  # the anchor's DCGAN base width
 PRIORS = ("gaussian", "anisotropic", "student-t", "sparse", "gmm")
-# per dataset: likelihood, latent dim, hidden width, hidden layers, learned decoder scale (the anchor's choices
-# where it has them: pinwheel 2→100→2 with a learned Gaussian scale; images with fixed-scale Laplace / Bernoulli)
+# per dataset: likelihood, latent dim, architecture, hidden width, hidden layers, learned decoder scale (the
+# anchor's choices where it has them: pinwheel 2→100→2 with a learned Gaussian scale; images with fixed-scale
+# Laplace / Bernoulli; its DCGAN networks for the 32 × 32 sparsity images). "hidden" and "layers" are the MLP's;
+# the DCGAN networks' first layer has CONV_WIDTH channels unless `hidden` says otherwise.
 DATA_DEFAULTS = {
-    "pinwheel": {"likelihood": "gaussian", "latent_dim": 2, "hidden": 100, "layers": 1, "learn_decoder_scale": True},
-    "sprites": {"likelihood": "bernoulli", "latent_dim": 10, "hidden": 256, "layers": 2, "learn_decoder_scale": False},
-    "digits": {"likelihood": "laplace", "latent_dim": 50, "hidden": 256, "layers": 2, "learn_decoder_scale": False},
-    "npz": {"likelihood": "gaussian", "latent_dim": 10, "hidden": 256, "layers": 2, "learn_decoder_scale": False},
+    "pinwheel": {"likelihood": "gaussian", "latent_dim": 2, "arch": "mlp", "hidden": 100, "layers": 1,
+                 "learn_decoder_scale": True},
+    "sprites": {"likelihood": "bernoulli", "latent_dim": 10, "arch": "mlp", "hidden": 256, "layers": 2,
+                "learn_decoder_scale": False},
+    "digits": {"likelihood": "laplace", "latent_dim": 50, "arch": "mlp", "hidden": 256, "layers": 2,
+               "learn_decoder_scale": False},
+    "digits32": {"likelihood": "laplace", "latent_dim": 50, "arch": "conv", "hidden": 256, "layers": 2,
+                 "learn_decoder_scale": False},
+    "npz": {"likelihood": "gaussian", "latent_dim": 10, "arch": "mlp", "hidden": 256, "layers": 2,
+            "learn_decoder_scale": False},
 }
 
 
@@ -42,7 +53,7 @@ DATA_DEFAULTS = {
 class DecompConfig:
     """Everything one ``train --model decomp`` run depends on (recorded in metrics.json)."""
 
-    data: str = "pinwheel"  # "pinwheel" | "sprites" | "digits" | PATH.npz (x, optional labels / factors)
+    data: str = "pinwheel"  # "pinwheel" | "sprites" | "digits" | "digits32" | PATH.npz (x, optional labels / factors)
     n: int = 10000  # sprites: images drawn (split 70/20/10); pinwheel: points per split (the anchor: 400)
     data_seed: int = 0
     prior: str = "gaussian"
@@ -57,7 +68,8 @@ class DecompConfig:
     likelihood: str | None = None  # default per dataset (DATA_DEFAULTS)
     decoder_scale: float = 0.1  # fixed scale of a Gaussian/Laplace likelihood without a learned scale
     latent_dim: int | None = None
-    hidden: int | None = None
+    arch: str | None = None  # "mlp" | "conv" (DCGAN, 32 × 32 images); default per dataset
+    hidden: int | None = None  # MLP width; conv: channels of the first layer
     layers: int | None = None
     epochs: int = 100
     batch_size: int = 100
@@ -78,6 +90,8 @@ class DecompConfig:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
+        if self.arch is not None and self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.likelihood is not None and self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         for name in ("alpha", "beta"):
@@ -138,11 +152,16 @@ def load_decomp_data(cfg: DecompConfig) -> DecompData:
             return d.sample_fixed_factor(factor, n, rng).reshape(n, -1)
 
         return _split(x, None, d.factors.numpy(), cfg.data_seed, d.name, sampler, len(d.factor_names))
-    if cfg.data == "digits":
+    if cfg.data in ("digits", "digits32"):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         x = torch.as_tensor(digits.data / 16.0, dtype=torch.float32)
+        if cfg.data == "digits32":
+            # the anchor's sparsity proxy: bilinear upsampling to the DCGAN networks' 32 × 32
+            x = torch.nn.functional.interpolate(x.reshape(-1, 1, 8, 8), size=(32, 32), mode="bilinear",
+                                                align_corners=False).reshape(len(x), -1)
+            return _split(x, digits.target, None, cfg.data_seed, "digits (8×8 upsampled to 32×32, scikit-learn)")
         return _split(x, digits.target, None, cfg.data_seed, "digits (8×8, scikit-learn)")
     from ivae_ext.data.labelled import load_labelled_npz
 
@@ -177,8 +196,15 @@ def build_decomp_model(cfg: DecompConfig, data: DecompData) -> DecompVAE:
     likelihood = cfg.resolved("likelihood")
     learn_scale = DATA_DEFAULTS[cfg.kind]["learn_decoder_scale"] and likelihood != "bernoulli"
     data_dim = data.x_train.shape[1]
-    encoder = MLPEncoder(data_dim, latent_dim, hidden=hidden, layers=layers)
-    decoder = MLPDecoder(latent_dim, (data_dim,), hidden=hidden, layers=layers, learn_scale=learn_scale)
+    if cfg.resolved("arch") == "conv":
+        if data_dim != SIDE * SIDE or learn_scale:
+            raise ValueError(f"arch 'conv' (the DCGAN networks) needs 32 × 32 single-channel images ({SIDE * SIDE} "
+                             f"values per row) and a fixed-scale likelihood, got {data_dim} values per row")
+        width = CONV_WIDTH if cfg.hidden is None else cfg.hidden
+        encoder, decoder = DCGANEncoder(latent_dim, width=width), DCGANDecoder(latent_dim, width=width)
+    else:
+        encoder = MLPEncoder(data_dim, latent_dim, hidden=hidden, layers=layers)
+        decoder = MLPDecoder(latent_dim, (data_dim,), hidden=hidden, layers=layers, learn_scale=learn_scale)
     return DecompVAE(encoder, decoder, latent_dim, build_prior(cfg, latent_dim), likelihood=likelihood,
                      decoder_scale=cfg.decoder_scale, alpha=cfg.alpha, beta=cfg.beta, divergence=cfg.divergence)
 
@@ -283,7 +309,10 @@ def run_decomp_train(cfg: DecompConfig, out: str, resume: bool = False, log=prin
                   on_epoch_end=validate, checkpoint_every=cfg.val_every)
     model.load_state_dict(best.state)
     metrics = evaluate_decomp_model(model, data, cfg)
+    # the selected model's validation terms: what a choice between settings (e.g. of α) may look at
+    val_terms = evaluate_loss(model, data.x_val, batch_size=cfg.batch_size, seed=0)
     metrics.update({
+        "val_recon": val_terms["recon"], "val_kl": val_terms["kl"],
         "selected_epoch": best.stopping.best_epoch, "val_objective": best.stopping.best_value,
         "train_time_s": history["wall_time"], "wall_time_s": time.perf_counter() - t_start,
         "data": data.name, "n_train": len(data.x_train), "n_val": len(data.x_val), "n_test": len(data.x_test),
