@@ -28,7 +28,11 @@ combinations goes before it.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
+
+from ivae_ext import distributed
 
 from ivae_ext.cli import decomp as decomp_family
 from ivae_ext.cli import ima as ima_family
@@ -167,6 +171,9 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     train = sub.add_parser("train", formatter_class=Formatter, help=train_fam.TRAIN_HELP,
                            description=_train_description(train_fam))
     train.add_argument("--model", choices=train_models(), default=DEFAULT_MODEL, help=_model_help())
+    train.add_argument("--distributed", action="store_true",
+                       help="train data-parallel in the process group torchrun starts (torchrun --nproc_per_node=N "
+                            "-m ivae_ext train …; detected without this flag too, which makes its absence an error)")
     add_out_argument(train)
     train_fam.add_train_arguments(train)
     train.set_defaults(_family=train_fam)
@@ -203,8 +210,26 @@ def main(argv=None) -> int:
             _subparser(parser, "train").error(
                 f"could not tell the model family from the command line (--model {args.model}, "
                 f"--data {args.data!r}): spell out --model and --data in full")
-        return family.run_train(args)
+        return _run_train(family, args)
+    if distributed.env_world_size() > 1:
+        parser.error("reproduce runs its settings in processes of its own (--jobs); start it with python, not torchrun")
     return family.run_reproduce(args)
+
+
+def _run_train(family, args) -> int:
+    """Run the family's train handler; under torchrun, in the process group, with output from rank 0
+    only, ending the process through distributed.finish (see there why)."""
+    ctx = distributed.setup("cpu", required=args.distributed)  # the command line trains on the CPU
+    if not ctx.active:
+        return family.run_train(args)
+    if ctx.rank != 0:
+        sys.stdout = open(os.devnull, "w")  # one rank reports; errors still reach stderr
+    status = 1
+    try:
+        status = family.run_train(args)
+    except BaseException:  # noqa: BLE001 - report, then exit non-zero without interpreter finalisation
+        traceback.print_exc()
+    distributed.finish(status)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,14 @@ import tempfile
 
 import numpy as np
 
+from ivae_ext.distributed import is_main_process
+
 
 def write_atomic(path: str, write) -> None:
-    """Call write(tmp_path) for a temporary file beside `path`, then move it into place."""
+    """Call write(tmp_path) for a temporary file beside `path`, then move it into place. In a
+    distributed run only rank 0 writes (the others return at once)."""
+    if not is_main_process():
+        return
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
     suffix = os.path.splitext(path)[1]

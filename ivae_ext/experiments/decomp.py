@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ivae_ext.distributed import run_info
 from ivae_ext.data.ima import split_three
 from ivae_ext.distributions import AnisotropicPrior, GaussianMixturePrior, SpikeAndSlab, circle_means
 from ivae_ext.experiments.common import (SelectionByValidation, check_int_fields, plot_curves, save_state_dict_atomic,
@@ -323,6 +324,7 @@ def run_decomp_train(cfg: DecompConfig, out: str, resume: bool = False, log=prin
                 extra_series={"validation objective": "val_objective"})
     _plot_latents(os.path.join(out, "latents.png"), model, data, title)
     save_state_dict_atomic(model, os.path.join(out, "model.pt"))
+    metrics.update(run_info())  # world_size and backend ("none" alone)
     write_json(os.path.join(out, "metrics.json"), metrics)
     log(f"  DecompVAE on {title}: recon {metrics['recon']:.3f}, IW-LL {metrics['iw_ll']:.3f}, Hoyer "
         f"{metrics['hoyer']:.3f} (epoch {metrics['selected_epoch']}, {metrics['train_time_s']:.0f} s)")

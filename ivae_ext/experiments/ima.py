@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from ivae_ext.distributed import run_info
 from ivae_ext.data.ima import IMAData, load_ima_data
 from ivae_ext.data.mixing import MIXINGS, SOURCE_DISTRIBUTIONS, source_log_density
 from ivae_ext.experiments.common import (SelectionByValidation, check_int_fields, check_min_improvement,
@@ -263,6 +264,7 @@ def run_ima_train(cfg: IMAConfig, out: str, resume: bool = False, log=print, dat
     if "mcc" in metrics:
         _plot_sources(os.path.join(out, "sources.png"), model, data, metrics, title)
     save_state_dict_atomic(model, os.path.join(out, "model.pt"))
+    metrics.update(run_info())  # world_size and backend ("none" alone)
     write_json(os.path.join(out, "metrics.json"), metrics)
     log(f"  {title}: MCC {metrics.get('mcc', float('nan')):.3f}, c_IMA {metrics['cima']:.2g}, KL "
         f"{metrics['kl']:.3f} (epoch {metrics['selected_epoch']}, {metrics['train_time_s']:.0f} s)")

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ivae_ext.distributed import run_info
 from ivae_ext.data import load_npz, make_nonlinear_ica
 from ivae_ext.data.preprocess import fit_preprocessing
 from ivae_ext.data.segments import segment_labels
@@ -272,6 +273,7 @@ def run_train(cfg: TrainConfig, out: str, resume: bool = False, log=print) -> di
     save_state_dict_atomic(best["model"], os.path.join(out, "model.pt"))
     # the model reads preprocessed x: keep the map (x ↦ (x − mean) @ matrix) beside it
     write_atomic(os.path.join(out, "preprocessing.npz"), lambda tmp: np.savez(tmp, **preprocessing.as_arrays()))
+    metrics.update(run_info())  # world_size and backend ("none" alone)
     write_json(os.path.join(out, "metrics.json"), metrics)
     return metrics
 

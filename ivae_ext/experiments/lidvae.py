@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
+from ivae_ext.distributed import run_info
 from ivae_ext.data.images import ImageData, load_image_data
 from ivae_ext.experiments.common import (SelectionByValidation, check_int_fields, check_min_improvement,
                                          finished_or_run, mean_std, plot_curves, run_in_processes,
@@ -223,6 +224,7 @@ def run_image_train(cfg: ImageConfig, out: str, resume: bool = False, log=print,
     _plot_images(os.path.join(out, "images.png"), model, x_test, data.image_shape,
                  f"{title}: AU {metrics['au']}/{cfg.latent_dim}, IW-LL {metrics['iw_ll']:.2f}")
     save_state_dict_atomic(model, os.path.join(out, "model.pt"))
+    metrics.update(run_info())  # world_size and backend ("none" alone)
     write_json(os.path.join(out, "metrics.json"), metrics)
     log(f"  {name} seed {cfg.seed}: AU {metrics['au']}/{cfg.latent_dim}, KL {metrics['kl']:.2f}, MI "
         f"{metrics['mi']:.2f}, IW-LL {metrics['iw_ll']:.2f}, -ELBO {metrics['neg_elbo']:.2f} (epoch "

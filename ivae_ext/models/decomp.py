@@ -35,6 +35,7 @@ from torch import nn
 from torch.distributions import Distribution, Independent, Normal
 
 from ivae_ext.distributions import kl_divergence, monte_carlo_kl
+from ivae_ext.noise import normal_like
 from ivae_ext.ops import aggregate_log_q, imq_mmd
 
 LIKELIHOODS = ("gaussian", "laplace", "bernoulli")
@@ -176,7 +177,7 @@ class DecompVAE(nn.Module):
         if len(x) < 2:
             raise ValueError(f"DecompVAE: a batch needs at least 2 points (q(z) is estimated from it), got {len(x)}")
         loc, scale = self.encode(x)
-        z = loc + scale * torch.randn_like(loc)
+        z = loc + scale * normal_like(loc)
         recon = -self.log_likelihood(x, z).mean()
         kl = self.kl_to_prior(loc, scale, z).mean()
         loss = recon + self.beta * kl

@@ -96,8 +96,12 @@ class ConvexPotentialFlow(nn.Module):
         loc, log_scale = self.base_net(u).chunk(2, dim=-1)
         return loc, log_scale
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(y [..., d], Σ_m log det ∇²ψ_m [...]) for x [..., d]: the data pushed to the base."""
+    def forward(self, x):
+        """(y [..., d], Σ_m log det ∇²ψ_m [...]) for x [..., d]: the data pushed to the base. Given a
+        batch dict instead, its loss(batch) dict, as every model's forward (DistributedDataParallel
+        calls forward)."""
+        if isinstance(x, dict):
+            return self.loss(x)
         y = flatten_points(x, self.dim, f"{type(self).__name__}.forward")
         total = y.new_zeros(y.shape[0])
         for brenier in self.maps:

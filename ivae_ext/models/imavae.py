@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from ivae_ext.models.nets import MLP, gaussian_decoder_log_lik
 from ivae_ext.models.objectives import gaussian_laplace_kl
+from ivae_ext.noise import normal_like
 from ivae_ext.ops import expfam_kl
 
 PRIORS = ("uniform", "gaussian", "laplace")
@@ -118,7 +119,7 @@ class IMAVAE(nn.Module):
     def loss(self, batch: dict) -> dict:
         x = batch["x"]
         loc, log_scale = self.encode(x)
-        y = loc + torch.exp(log_scale) * torch.randn_like(loc)
+        y = loc + torch.exp(log_scale) * normal_like(loc)
         log_px_z = gaussian_decoder_log_lik(x, self.decode(self.to_latent(y)), self.decoder_log_var)
         recon = -log_px_z.mean()
         kl = self.kl_per_latent(loc, log_scale, y).sum(-1).mean()

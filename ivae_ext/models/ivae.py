@@ -138,6 +138,10 @@ class IVAE(nn.Module):
         mean = self.decode(z)
         return mean + torch.exp(0.5 * self.decoder_log_var) * torch.randn_like(mean), z
 
+    def forward(self, batch: dict) -> dict:
+        """The loss(batch) dict: what DistributedDataParallel calls."""
+        return self.loss(batch)
+
     def loss(self, batch: dict) -> dict:
         x, u = batch["x"], batch["u"]
         q_loc, log_diag, chol = self._posterior(x, u)

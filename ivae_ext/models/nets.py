@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ivae_ext.noise import normal_like, uniform_like
 from ivae_ext.reference import component_log_density
 
 FAMILIES = ("gaussian", "laplace")
@@ -102,12 +103,13 @@ def log_density(z: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, fam
 
 
 def rsample(loc: torch.Tensor, log_scale: torch.Tensor, family: str) -> torch.Tensor:
-    """Reparametrised draw from the factorized family (uses torch's global RNG)."""
+    """Reparametrised draw from the factorized family (noise from ``ivae_ext.noise``: torch's global RNG
+    outside a training step)."""
     if family == "gaussian":
-        eps = torch.randn_like(loc)
+        eps = normal_like(loc)
     elif family == "laplace":
         # inverse CDF of a standard Laplace on u ~ U(-1/2, 1/2), kept away from ±1/2
-        v = torch.rand_like(loc).clamp(1e-6, 1 - 1e-6) - 0.5
+        v = uniform_like(loc).clamp(1e-6, 1 - 1e-6) - 0.5
         eps = -torch.sign(v) * torch.log1p(-2.0 * v.abs())
     else:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -135,5 +137,5 @@ def correlated_gaussian_terms(loc: torch.Tensor, log_diag: torch.Tensor, chol: t
     the marginals q_j; the second sum (q's own total correlation, ≥ 0) is the correction.
     """
     marginal_log_scale = 0.5 * torch.log((chol * chol).sum(-1))
-    z = loc + (chol @ torch.randn_like(loc).unsqueeze(-1)).squeeze(-1)
+    z = loc + (chol @ normal_like(loc).unsqueeze(-1)).squeeze(-1)
     return z, marginal_log_scale, (marginal_log_scale - log_diag).sum(-1)
