@@ -49,8 +49,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", default="pinwheel", help="'pinwheel', 'sprites', 'digits' (scikit-learn's 8×8), 'digits32' "
                    "(the same upsampled to 32×32 for the DCGAN networks), or PATH.npz with x [N, ...] and optionally "
                    "labels [N] or factors [N, K]")
-    g.add_argument("--n", type=int, default=None,
-                   help="pinwheel: points per split (default 400, the anchor's); sprites: images (default 10000)")
+    g.add_argument("--n", "--size", dest="n", type=int, default=None,
+                   help="pinwheel: points per split (default 400, the anchor's); sprites: images (default 10000); "
+                        "--size under torchrun, which takes --n for its own")
     g.add_argument("--data-seed", type=int, default=0, help="seed of the generated data and of the split")
     g = p.add_argument_group("model")
     g.add_argument("--prior", choices=PRIORS, default="gaussian", help="p(z)")

@@ -48,7 +48,8 @@ def _add_data_args(p: argparse.ArgumentParser, reproduce: bool = False) -> None:
     g.add_argument("--sources", type=int, default=3, dest="n_sources", help="generated data: number of sources n (= D)")
     g.add_argument("--source-distribution", dest="source_distribution", choices=SOURCE_DISTRIBUTIONS,
                    default="uniform", help="generated data: the sources' distribution")
-    g.add_argument("--n", type=int, default=60000, help="generated data: points (split 70/20/10)")
+    g.add_argument("--n", "--size", dest="n", type=int, default=60000,
+                   help="generated data: points (split 70/20/10); --size under torchrun, which takes --n for its own")
     g.add_argument("--data-seed", type=int, default=5,
                    help="seed of the sources, the mixing and the split (5: the Möbius data closest in scale to the "
                         "anchor's; see docs/IMA.md)")
