@@ -13,7 +13,7 @@ export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda)
 export MAX_JOBS ?= 2
 BUILD_MODE := $(if $(filter 1,$(IVAE_FORCE_CPU)),cpu,$(if $(CUDA_HOME),cuda,cpu))
 
-.PHONY: demo test build bench ratios clean
+.PHONY: demo test build bench ratios gpu-check clean
 
 $(VENV)/.deps-installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,10 @@ $(VENV)/.deps-installed:
 
 # Compiles into build/<mode> (ninja rebuilds only what changed) and puts _C next to the sources;
 # a .pth file makes the source tree importable from the venv, as an editable install would.
+# Prints a summary; the compiler's output goes to build/<mode>/build.log (VERBOSE=1 shows it too).
 build: $(VENV)/.deps-installed
-	$(PY) setup.py --quiet build_ext --inplace --force --build-temp build/$(BUILD_MODE)
-	$(PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'ivae_ext_dev.pth'), 'w').write(os.getcwd())"
-	$(PY) -c "import json, ivae_ext; print(json.dumps(ivae_ext.build_info(), indent=1))"
+	@$(PY) tools/quiet_build.py --build-temp build/$(BUILD_MODE) $(if $(filter 1,$(VERBOSE)),--verbose)
+	@$(PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'ivae_ext_dev.pth'), 'w').write(os.getcwd())"
 
 test: build
 	$(PY) -m pytest tests -q
@@ -35,6 +35,11 @@ demo: build
 
 ratios: build
 	$(PY) benchmarks/ratios.py --out benchmark_ratios.json
+
+# On a machine with a CUDA GPU: builds for its architecture, runs the CUDA tests and the ratio
+# table there, writes gpu_report.json and gpu_report.md. Refuses (exit 2) when no GPU is visible.
+gpu-check: $(VENV)/.deps-installed
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 bench: build
 	$(PY) -m pytest benchmarks -q -o python_files='bench_*.py' --benchmark-only --benchmark-group-by=group --benchmark-columns=median,iqr,rounds

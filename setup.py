@@ -5,6 +5,7 @@ CUDA_HOME points at the toolkit (defaults to /usr/local/cuda when it has nvcc)."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -86,6 +87,10 @@ def extension():
     )
     if with_cuda:
         sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.cu"))
+    # One line for tools/quiet_build.py's summary (make build): what is about to be compiled.
+    counts = {suffix: sum(s.endswith(suffix) for s in sources) for suffix in (".cpp", ".cu") if any(s.endswith(suffix) for s in sources)}
+    print("IVAE_BUILD_PLAN " + json.dumps({"cuda": with_cuda, "cuda_arch_list": arch_list, "sources": counts}), flush=True)
+    if with_cuda:
         return CUDAExtension(sources=sources, extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS}, **kwargs)
     return CppExtension(sources=sources, extra_compile_args={"cxx": CXX_FLAGS}, **kwargs)
 

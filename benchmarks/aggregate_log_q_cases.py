@@ -16,13 +16,13 @@ MODES = ["forward", "forward+backward"]
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def make_inputs(batch: int, comps: int, dim: int, requires_grad: bool, dtype=torch.float32):
+def make_inputs(batch: int, comps: int, dim: int, requires_grad: bool, dtype=torch.float32, device="cpu"):
     """Codes z [B, d] and N Gaussian posteriors (loc, log-scale) [N, d], as a VAE's encoder gives."""
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(batch, dim, generator=gen, dtype=dtype)
     loc = torch.randn(comps, dim, generator=gen, dtype=dtype)
     log_scale = -1.0 + 0.3 * torch.randn(comps, dim, generator=gen, dtype=dtype)
-    return [t.requires_grad_(requires_grad) for t in (z, loc, log_scale)]
+    return [t.to(device).requires_grad_(requires_grad) for t in (z, loc, log_scale)]
 
 
 def plain_gaussian_formula(z, loc, log_scale, family="gaussian"):

@@ -1,4 +1,4 @@
-"""pytest-benchmark: reference (eager / torch.compile) vs fused expfam_kl, one group per case.
+"""pytest-benchmark: reference (eager / torch.compile), compiled textbook formula and fused expfam_kl, one group per case.
 
 Run: make bench   (or: python -m pytest benchmarks/bench_expfam_kl.py --benchmark-group-by=group)
 """

@@ -13,7 +13,7 @@ from ivae_ext import reference
 SIZES = [(1024, 8, 64, 3), (4096, 64, 256, 4)]
 
 
-def make_inputs(batch, dim, hidden, layers, dtype=torch.float32):
+def make_inputs(batch, dim, hidden, layers, dtype=torch.float32, device="cpu"):
     """x and ICNN parameters (W, w >= 0), all requiring grad as in training."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, dim, generator=gen, dtype=dtype)
@@ -22,7 +22,7 @@ def make_inputs(batch, dim, hidden, layers, dtype=torch.float32):
     W = torch.rand(layers - 1, hidden, hidden, generator=gen, dtype=dtype) * (2.0 / hidden)
     w = torch.rand(hidden, generator=gen, dtype=dtype) * (2.0 / hidden)
     alpha = torch.tensor(0.5, dtype=dtype)
-    return [t.requires_grad_() for t in (x, A, b, W, w, alpha)]
+    return [t.to(device).requires_grad_() for t in (x, A, b, W, w, alpha)]
 
 
 def implementations() -> dict[str, Callable]:
@@ -48,17 +48,22 @@ def fused_step_flops(batch, dim, hidden, layers) -> float:
     return 2.0 * batch * (6 * dim * layers * hidden + 6 * (layers - 1) * hidden * hidden)
 
 
-def gemm_rate(size: int = 1024, rounds: int = 20) -> float:
+def gemm_rate(size: int = 1024, rounds: int = 20, device="cpu") -> float:
     """This machine's single-precision GEMM rate (FLOP/s): the best of `rounds` 1024³ products, a
     peak to compare against (a median moved by a third between runs on this shared machine)."""
     import time
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    from timing import synchronizer
+
+    sync = synchronizer(device)
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     for _ in range(3):
         torch.mm(a, b)
     best = float("inf")
     for _ in range(rounds):
+        sync()
         start = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2.0 * size**3 / best

@@ -15,13 +15,13 @@ SIZES = [(500, 50, True), (500, 50, False), (128, 10, True)]
 MODES = ["forward", "forward+backward"]
 
 
-def make_inputs(batch: int, dim: int, requires_grad: bool, dtype=torch.float32):
+def make_inputs(batch: int, dim: int, requires_grad: bool, dtype=torch.float32, device="cpu"):
     """x: B prior samples, y: B posterior samples. For training both require grad (a learned
     prior's rsample does): the most gradient work for every implementation."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, dim, generator=gen, dtype=dtype)
     y = 0.8 * torch.randn(batch, dim, generator=gen, dtype=dtype) + 0.1
-    return [t.requires_grad_(requires_grad) for t in (x, y)]
+    return [t.to(device).requires_grad_(requires_grad) for t in (x, y)]
 
 
 def anchor_mmd_dim(x, y, scales=reference.IMQ_SCALES):
