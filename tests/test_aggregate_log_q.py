@@ -309,3 +309,23 @@ def test_benchmark_baseline_computes_the_same_quantity():
     z, loc, log_scale = (t.detach() for t in inputs(7, 9, 4))
     for got, want in zip(plain_gaussian_formula(z, loc, log_scale), aggregate_log_q(z, loc, log_scale)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# --- found by the hostile-input fuzzer (tests/fuzz_ops.py) --------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, 1, "yes"])
+def test_with_marginals_must_be_a_bool(value):
+    """Was taken for its truth value (None meant False, "yes" True)."""
+    with pytest.raises(TypeError, match=r"aggregate_log_q: with_marginals must be a bool, got"):
+        aggregate_log_q(*_good(), with_marginals=value)
+
+
+def test_family_or_tensor_of_the_wrong_type_is_named():
+    """Were a pybind11 cast error and the dispatcher's "tensor does not have a device"."""
+    with pytest.raises(ValueError, match=r"aggregate_log_q: family must be one of .*got None"):
+        aggregate_log_q(*_good(), family=None)
+    args = _good()
+    args[1] = None
+    with pytest.raises(TypeError, match=r"aggregate_log_q: q_loc must be a torch.Tensor, got NoneType"):
+        aggregate_log_q(*args)

@@ -33,8 +33,10 @@ IVAE_HD KlGrad<T> gaussian_kl_grad(T mq, T lq, T mp, T lp, T g) {
   return {d_loc, g * em1, -d_loc, -g * (em1 + z * z)};
 }
 
-// Laplace: KL = lp - lq + |D|/bp + (bq/bp) e^(-|D|/bq) - 1, D = mq - mp, written as
-// (v - u) + expm1(w) - w with u = |D|/bq, v = |D|/bp, w = lq - lp - u.
+// Laplace: KL = lp - lq + |D|/bp + (bq/bp) e^(-|D|/bq) - 1, D = mq - mp; u = |D|/bq, v = |D|/bp,
+// w = lq - lp - u (so (bq/bp) e^-u = e^w). Near q = p (w >= -1): (v - u) + expm1(w) - w, which keeps
+// the small differences. Far from it (w < -1): v + (lp - lq) + expm1(w), where u cancels exactly: in
+// the first form a huge u (or u = inf, e^-lq overflowing) would swallow lp - lq or give inf - inf.
 template <typename T>
 IVAE_HD T laplace_kl(T mq, T lq, T mp, T lp) {
   const T diff = mq - mp;
@@ -42,7 +44,8 @@ IVAE_HD T laplace_kl(T mq, T lq, T mp, T lp) {
   const T u = dist * simd_exp(-lq);
   const T v = dist * simd_exp(-lp);
   const T w = (lq - lp) - u;
-  return (v - u) + (simd_expm1(w) - w);
+  const T em1 = simd_expm1(w);
+  return w < T(-1) ? v + (lp - lq) + em1 : (v - u) + (em1 - w);
 }
 
 template <typename T>
@@ -56,8 +59,10 @@ IVAE_HD KlGrad<T> laplace_kl_grad(T mq, T lq, T mp, T lp, T g) {
   const T v = dist * inv_scale_p;
   const T em1 = simd_expm1((lq - lp) - u);
   const T ratio = em1 + T(1);  // (bq/bp) e^-u
-  const T d_loc = g * sign * (inv_scale_p - ratio * inv_scale_q);
-  return {d_loc, g * (em1 + ratio * u), -d_loc, -g * (em1 + v)};
+  // (1/bp − e^-u/bp) and e^w·u written so that u = inf (e^-lq overflowing) gives their limits, not NaN
+  const T d_loc = g * sign * (inv_scale_p * -simd_expm1(-u));
+  const T ratio_u = ratio == T(0) ? T(0) : ratio * u;
+  return {d_loc, g * (em1 + ratio_u), -d_loc, -g * (em1 + v)};
 }
 
 template <ExpFamily F, typename T>

@@ -21,7 +21,8 @@ from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
 from ivae_ext.ops._autograd import records_graph, refuse_double_backward
 from ivae_ext.ops._switch import reference_ops_enabled
-from ivae_ext.ops.icnn_map import _alpha_tensor, _reference_icnn_map, check_icnn_args
+from ivae_ext.ops._checks import require_tensors
+from ivae_ext.ops.icnn_map import _ARG_NAMES, _alpha_tensor, _reference_icnn_map, check_icnn_args
 
 HAS_FUSED_LOGDET = HAS_EXTENSION and hasattr(torch.ops.ivae_ext, "brenier_logdet")
 _OP = "brenier_logdet"
@@ -72,6 +73,10 @@ def brenier_map_logdet(x, A, b, W, w, alpha=0.0, check: bool = True, return_info
     ``ivae_ext.reference.icnn_hessian``: the same outputs, the same check/return_info policy
     (differentiable twice there).
     """
+    for name, flag in (("check", check), ("return_info", return_info)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{_OP}: {name} must be a bool, got {type(flag).__name__}")
+    require_tensors(_OP, _ARG_NAMES, (x, A, b, W, w))
     alpha = _alpha_tensor(alpha, x, _OP)
     if not HAS_FUSED_LOGDET or reference_ops_enabled():
         check_icnn_args(x, A, b, W, w, alpha, _OP)

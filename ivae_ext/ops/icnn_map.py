@@ -14,6 +14,7 @@ import torch
 from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
 from ivae_ext.ops._autograd import records_graph, refuse_double_backward
+from ivae_ext.ops._checks import require_tensors
 from ivae_ext.ops._switch import reference_ops_enabled
 
 _ARG_NAMES = ("x", "A", "b", "W", "w")
@@ -92,6 +93,7 @@ def icnn_map(x, A, b, W, w, alpha=0.0):
     ``ivae_ext.reference.icnn_map`` after the same argument checks (autograd through double
     backpropagation; differentiable twice there).
     """
+    require_tensors("icnn_map", _ARG_NAMES, (x, A, b, W, w))
     alpha = _alpha_tensor(alpha, x)
     if not HAS_FUSED_ICNN or reference_ops_enabled():
         check_icnn_args(x, A, b, W, w, alpha)
