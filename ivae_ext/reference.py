@@ -60,9 +60,8 @@ def icnn_potential(x, A, b, W, w, alpha) -> torch.Tensor:
     z = softplus(x @ A[0].T + b[0])
     for k in range(1, A.shape[0]):
         z = softplus(z @ W[k - 1].T + x @ A[k].T + b[k])
-    quadratic = 0.5 * alpha * (x * x).sum(-1)
-    # α = 0 contributes exactly 0, also where ‖x‖² overflows (0·inf would be NaN)
-    return z @ w + torch.where(torch.as_tensor(alpha == 0), torch.zeros_like(quadratic), quadratic)
+    # (α x) x: α = 0 contributes exactly 0 also where ‖x‖² would overflow (0·inf = NaN); dψ/dα is ½‖x‖² still
+    return z @ w + 0.5 * (alpha * x * x).sum(-1)
 
 
 def softplus(a: torch.Tensor) -> torch.Tensor:
@@ -87,7 +86,8 @@ def icnn_hessian(x, A, b, W, w, alpha) -> torch.Tensor:
     def potential_at(point):
         return icnn_potential(point.unsqueeze(0), A, b, W, w, alpha).squeeze(0)
 
-    return torch.func.vmap(torch.func.hessian(potential_at))(x)
+    # contiguous: forward-mode AD cannot make a dual of a point whose elements share memory (an expanded x)
+    return torch.func.vmap(torch.func.hessian(potential_at))(x.contiguous())
 
 
 def brenier_logdet(x, A, b, W, w, alpha) -> torch.Tensor:

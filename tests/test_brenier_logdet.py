@@ -307,3 +307,27 @@ def test_argument_that_is_not_a_tensor_is_named():
     args[2] = None
     with pytest.raises(TypeError, match=r"brenier_logdet: b must be a torch.Tensor, got NoneType"):
         brenier_logdet(*args)
+
+
+def test_expanded_x_on_the_reference_path():
+    """An expanded x (rows sharing memory) made the reference's vmap(hessian) fail with "more than
+    one element of the written-to tensor refers to a single memory location" (not naming the op)."""
+    from ivae_ext.ops import use_reference_ops
+
+    x, A, b, W, w, alpha = (t.detach() for t in icnn_inputs(1, 3, 5, 2))
+    x = x.expand(4, 3)
+    want = brenier_logdet(x.contiguous(), A, b, W, w, alpha)
+    with use_reference_ops():
+        got = brenier_logdet(x, A, b, W, w, alpha)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(reference.brenier_logdet(x, A, b, W, w, alpha), want)
+
+
+def test_half_precision_on_the_reference_path_is_named():
+    """Was NotImplementedError: "cholesky_cpu" not implemented for 'BFloat16' (the fused CPU op
+    refuses half precision with its own message)."""
+    from ivae_ext.ops import use_reference_ops
+
+    args = [t.to(torch.bfloat16) for t in _good()]
+    with use_reference_ops(), pytest.raises(TypeError, match=r"brenier_logdet: the reference path takes float32 or float64"):
+        brenier_logdet(*args)

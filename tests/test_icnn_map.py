@@ -277,3 +277,18 @@ def test_alpha_zero_with_huge_x_is_finite(dtype):
     assert torch.isfinite(psi).all() and torch.isfinite(grad).all()
     torch.testing.assert_close(psi.double(), want_psi.detach(), rtol=1e-5, atol=0)
     torch.testing.assert_close(grad.double(), want_grad.detach(), rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), torch.tensor(float("nan"), dtype=torch.float64),
+                                   torch.tensor(float("inf"), dtype=torch.float64)],
+                         ids=["nan", "inf", "nan tensor", "inf tensor"])
+@pytest.mark.parametrize("path", ["fused", "reference"])
+def test_alpha_must_be_finite_and_not_nan(alpha, path):
+    """NaN α passed the reference path's `alpha < 0` check, and α = inf was accepted everywhere
+    (ψ = ½·inf·‖x‖²: inf, or NaN at x = 0 or d = 0)."""
+    from ivae_ext.ops import use_reference_ops
+
+    x, A, b, W, w, _ = _good()
+    with use_reference_ops(path == "reference"):
+        with pytest.raises(ValueError, match=r"icnn_map: alpha must be (>= 0|finite)"):
+            icnn_map(x, A, b, W, w, alpha)
