@@ -301,3 +301,17 @@ def test_laplace_q_far_narrower_than_its_distance_stays_exact(dtype):
     for got, want_grad in zip(grads, (1.0, -1.0, -1.0, 0.0)):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got[0, 0].double(), torch.tensor(want_grad, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype, delta, log_scale", [(torch.float64, 1e308, 710.0), (torch.float32, 3e38, 88.0)])
+def test_huge_distance_over_huge_scale_is_not_dropped(family, dtype, delta, log_scale):
+    """|Δ| e^-l_p with e^-l_p below exp's range (e^-710 in double) but |Δ| e^-l_p ~ 0.5: the KL's
+    z²/2 (Gaussian) or |Δ|/b_p (Laplace) term was silently 0 (exp underflowed to 0 first)."""
+    q_loc = torch.tensor([[0.0]], dtype=dtype)
+    q_log_scale = torch.tensor([[0.0]], dtype=dtype)
+    p_loc = torch.tensor([[delta]], dtype=dtype)
+    p_log_scale = torch.tensor([[log_scale]], dtype=dtype)
+    got = expfam_kl(q_loc, q_log_scale, p_loc, p_log_scale, family, "none")
+    want = reference.expfam_kl(*(t.double() for t in (q_loc, q_log_scale, p_loc, p_log_scale)), family, "none")
+    torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
