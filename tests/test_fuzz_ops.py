@@ -15,7 +15,7 @@ import ivae_ext
 pytestmark = pytest.mark.skipif(not ivae_ext.HAS_EXTENSION, reason="compiled extension required")
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fuzz_ops.py")
-EXAMPLES = 150  # per op: about 15 s on one thread (the test file about 25 s)
+EXAMPLES = 150  # per op: about 13 s on one thread (the test file about 20 s)
 SUMMARY = re.compile(r"fuzz summary: ops=(\d+) examples_per_op=(\d+) calls=(\d+) .* crashes=(\d+) failures=(\d+)")
 
 
