@@ -7,13 +7,13 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1
-DEPS := "$(TORCH_SPEC)" numpy scipy tqdm matplotlib scikit-learn ninja setuptools wheel pytest pytest-benchmark
+DEPS := "$(TORCH_SPEC)" numpy scipy tqdm matplotlib scikit-learn ninja setuptools wheel pytest pytest-benchmark hypothesis
 
 export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda)
 export MAX_JOBS ?= 2
 BUILD_MODE := $(if $(filter 1,$(IVAE_FORCE_CPU)),cpu,$(if $(CUDA_HOME),cuda,cpu))
 
-.PHONY: demo test build bench ratios gpu-check clean
+.PHONY: demo test build bench ratios fuzz gpu-check clean
 
 $(VENV)/.deps-installed:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ build: $(VENV)/.deps-installed
 
 test: build
 	$(PY) -m pytest tests -q
+
+# Hostile-input fuzzing of every op (tests/fuzz_ops.py): FUZZ_EXAMPLES per op, counts in FUZZ_JSON.
+FUZZ_EXAMPLES ?= 10000
+FUZZ_JSON ?= runs/fuzz_ops.json
+fuzz: build
+	OMP_NUM_THREADS=1 $(PY) tests/fuzz_ops.py --examples $(FUZZ_EXAMPLES) --json $(FUZZ_JSON)
 
 demo: build
 	$(PY) -m ivae_ext reproduce ivae --quick --out runs/ivae-quick

@@ -33,12 +33,15 @@ def expfam_kl(
         z = (q_loc - p_loc) * torch.exp(-p_log_scale)
         kl = 0.5 * (torch.expm1(t) - t) + 0.5 * z * z
     elif family == "laplace":
-        # KL = (v - u) + expm1(w) - w,  u = |D|/b_q, v = |D|/b_p, w = l_q - l_p - u
+        # KL = (v - u) + expm1(w) - w,  u = |D|/b_q, v = |D|/b_p, w = l_q - l_p - u; for w < -1
+        # (u large) the same with u cancelled: v + (l_p - l_q) + expm1(w) (u may be huge or inf)
         dist = (q_loc - p_loc).abs()
         u = dist * torch.exp(-q_log_scale)
         v = dist * torch.exp(-p_log_scale)
         w = q_log_scale - p_log_scale - u
-        kl = (v - u) + (torch.expm1(w) - w)
+        near = (v - u) + (torch.expm1(w) - w)
+        far = v + (p_log_scale - q_log_scale) + torch.expm1(w)
+        kl = torch.where(w < -1, far, near)
     else:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if reduction == "sum":
@@ -57,7 +60,8 @@ def icnn_potential(x, A, b, W, w, alpha) -> torch.Tensor:
     z = softplus(x @ A[0].T + b[0])
     for k in range(1, A.shape[0]):
         z = softplus(z @ W[k - 1].T + x @ A[k].T + b[k])
-    return z @ w + 0.5 * alpha * (x * x).sum(-1)
+    # (α x) x: α = 0 contributes exactly 0 also where ‖x‖² would overflow (0·inf = NaN); dψ/dα is ½‖x‖² still
+    return z @ w + 0.5 * (alpha * x * x).sum(-1)
 
 
 def softplus(a: torch.Tensor) -> torch.Tensor:
@@ -82,7 +86,8 @@ def icnn_hessian(x, A, b, W, w, alpha) -> torch.Tensor:
     def potential_at(point):
         return icnn_potential(point.unsqueeze(0), A, b, W, w, alpha).squeeze(0)
 
-    return torch.func.vmap(torch.func.hessian(potential_at))(x)
+    # contiguous: forward-mode AD cannot make a dual of a point whose elements share memory (an expanded x)
+    return torch.func.vmap(torch.func.hessian(potential_at))(x.contiguous())
 
 
 def brenier_logdet(x, A, b, W, w, alpha) -> torch.Tensor:

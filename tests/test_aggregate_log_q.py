@@ -309,3 +309,42 @@ def test_benchmark_baseline_computes_the_same_quantity():
     z, loc, log_scale = (t.detach() for t in inputs(7, 9, 4))
     for got, want in zip(plain_gaussian_formula(z, loc, log_scale), aggregate_log_q(z, loc, log_scale)):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# --- found by the hostile-input fuzzer (tests/fuzz_ops.py) --------------------------------------
+
+
+@pytest.mark.parametrize("value", [None, 1, "yes"])
+def test_with_marginals_must_be_a_bool(value):
+    """Was taken for its truth value (None meant False, "yes" True)."""
+    with pytest.raises(TypeError, match=r"aggregate_log_q: with_marginals must be a bool, got"):
+        aggregate_log_q(*_good(), with_marginals=value)
+
+
+def test_family_or_tensor_of_the_wrong_type_is_named():
+    """Were a pybind11 cast error and the dispatcher's "tensor does not have a device"."""
+    with pytest.raises(ValueError, match=r"aggregate_log_q: family must be one of .*got None"):
+        aggregate_log_q(*_good(), family=None)
+    args = _good()
+    args[1] = None
+    with pytest.raises(TypeError, match=r"aggregate_log_q: q_loc must be a torch.Tensor, got NoneType"):
+        aggregate_log_q(*args)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype, far", [(torch.float32, 1e30), (torch.float64, 1e300)])
+def test_component_with_zero_weight_adds_no_nan_to_the_gradients(family, dtype, far):
+    """A component so far from the code that its softmax weight is 0 and its derivative
+    (z - loc)/σ² or (z - loc)²/σ² overflows: its share is 0, not 0·inf = NaN (all gradients were
+    NaN, in float32 and in float64, while the outputs were finite)."""
+    z = torch.tensor([[0.1, -0.2]], dtype=dtype, requires_grad=True)
+    q_loc = torch.tensor([[0.0, 0.0], [far, 1.0]], dtype=dtype, requires_grad=True)
+    q_log_scale = torch.tensor([[0.1, -0.3], [0.0, 0.2]], dtype=dtype, requires_grad=True)
+    log_qz, marginals = aggregate_log_q(z, q_loc, q_log_scale, family)
+    grads = torch.autograd.grad(log_qz.sum() + marginals.sum(), (z, q_loc, q_log_scale))
+    exact = [t.detach().double().requires_grad_() for t in (z, q_loc, q_log_scale)]
+    want_qz, want_m = reference.aggregate_log_q(*exact, family)
+    want = torch.autograd.grad(want_qz.sum() + want_m.sum(), exact)
+    for got, expected in zip(grads, want):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)

@@ -268,3 +268,66 @@ def test_backward_without_kept_jacobians_is_named():
     out = torch.ops.ivae_ext.brenier_logdet(*inputs, False)
     with pytest.raises(ValueError, match=r"jac must have shape \[B, d, K\*H\] = \[4, 3, 10\] \(the forward was called with keep_for_backward=False\?\)"):
         torch.ops.ivae_ext.brenier_logdet_backward(torch.ones(4, dtype=torch.float64), *inputs, out[4], out[5], out[6], [True] * 6)
+
+
+# --- found by the hostile-input fuzzer (tests/fuzz_ops.py) --------------------------------------
+
+
+@pytest.mark.parametrize("batch", [0, 3])
+def test_zero_dimensions_give_zero_logdet(batch):
+    """d = 0 (x [B, 0]): log det of a 0×0 Hessian is 0. It was a SIGFPE (integer division by d in
+    the CPU kernel's block sizing) that killed the process."""
+    _, _, b, W, w, alpha = icnn_inputs(batch, 1, 4, 2)
+    x = torch.zeros(batch, 0, dtype=torch.float64, requires_grad=True)
+    A = torch.zeros(2, 4, 0, dtype=torch.float64, requires_grad=True)
+    psi, grad, logdet, info = brenier_map_logdet(x, A, b, W, w, alpha, return_info=True)
+    assert grad.shape == (batch, 0) and logdet.shape == (batch,) and (info == 0).all()
+    assert (logdet == 0).all()
+    want_psi, _ = icnn_map(x, A, b, W, w, alpha)
+    torch.testing.assert_close(psi, want_psi)
+    grads = torch.autograd.grad((psi + logdet).sum(), (A, b, W, w, alpha), allow_unused=True)
+    want = torch.autograd.grad(reference.icnn_potential(x, A, b, W, w, alpha).sum(), (A, b, W, w, alpha),
+                               allow_unused=True)
+    for got, exp in zip(grads, want):
+        if exp is not None:
+            torch.testing.assert_close(got, exp)
+
+
+@pytest.mark.parametrize("kwargs", [{"check": "no"}, {"check": None}, {"return_info": 1}])
+def test_check_and_return_info_must_be_bools(kwargs):
+    """Were taken for their truth value ("no" meant check=True)."""
+    name = next(iter(kwargs))
+    with pytest.raises(TypeError, match=rf"brenier_logdet: {name} must be a bool, got"):
+        brenier_map_logdet(*_good(), **kwargs)
+
+
+def test_argument_that_is_not_a_tensor_is_named():
+    """Was AttributeError: 'NoneType' object has no attribute 'requires_grad'."""
+    args = _good()
+    args[2] = None
+    with pytest.raises(TypeError, match=r"brenier_logdet: b must be a torch.Tensor, got NoneType"):
+        brenier_logdet(*args)
+
+
+def test_expanded_x_on_the_reference_path():
+    """An expanded x (rows sharing memory) made the reference's vmap(hessian) fail with "more than
+    one element of the written-to tensor refers to a single memory location" (not naming the op)."""
+    from ivae_ext.ops import use_reference_ops
+
+    x, A, b, W, w, alpha = (t.detach() for t in icnn_inputs(1, 3, 5, 2))
+    x = x.expand(4, 3)
+    want = brenier_logdet(x.contiguous(), A, b, W, w, alpha)
+    with use_reference_ops():
+        got = brenier_logdet(x, A, b, W, w, alpha)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(reference.brenier_logdet(x, A, b, W, w, alpha), want)
+
+
+def test_half_precision_on_the_reference_path_is_named():
+    """Was NotImplementedError: "cholesky_cpu" not implemented for 'BFloat16' (the fused CPU op
+    refuses half precision with its own message)."""
+    from ivae_ext.ops import use_reference_ops
+
+    args = [t.to(torch.bfloat16) for t in _good()]
+    with use_reference_ops(), pytest.raises(TypeError, match=r"brenier_logdet: the reference path takes float32 or float64"):
+        brenier_logdet(*args)

@@ -259,3 +259,59 @@ def test_wrong_upstream_gradient_shape():
 def test_p_that_is_not_a_tensor_or_number():
     with pytest.raises(TypeError, match="p_loc must be a torch.Tensor or a real number, got str"):
         expfam_kl(torch.randn(2, 2), torch.randn(2, 2), "zero", 0.0)
+
+
+# --- found by the hostile-input fuzzer (tests/fuzz_ops.py) --------------------------------------
+
+
+@pytest.mark.parametrize("index, value", [(0, [[0.0, 1.0]]), (1, None)], ids=["q_loc list", "q_log_scale None"])
+def test_q_that_is_not_a_tensor_is_named(index, value):
+    """Was AttributeError ('list' object has no attribute 'dtype') or the dispatcher's
+    "tensor does not have a device"."""
+    args = _good()
+    args[index] = value
+    name = ("q_loc", "q_log_scale")[index]
+    with pytest.raises(TypeError, match=rf"expfam_kl: {name} must be a torch.Tensor, got {type(value).__name__}"):
+        expfam_kl(*args)
+
+
+@pytest.mark.parametrize("kwargs", [{"family": None}, {"reduction": True}])
+def test_family_or_reduction_that_is_not_a_string_is_named(kwargs):
+    """Was a pybind11 cast error from the dispatcher."""
+    with pytest.raises(ValueError, match=rf"expfam_kl: {next(iter(kwargs))} must be one of"):
+        expfam_kl(*_good(), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_laplace_q_far_narrower_than_its_distance_stays_exact(dtype):
+    """u = |D|/b_q huge (or e^-l_q overflowing): KL = l_p - l_q + |D|/b_p - 1 + e^w. Was NaN in
+    float32 (inf - inf) and 0 instead of 1.3e30 in float64 (u swallowed l_p)."""
+    q_loc = torch.tensor([[1.0, 0.77]], dtype=dtype, requires_grad=True)
+    q_log_scale = torch.tensor([[-100.0, -662.0]], dtype=dtype, requires_grad=True)
+    p_loc = torch.tensor([[0.0, 768.8]], dtype=dtype, requires_grad=True)
+    p_log_scale = torch.tensor([[0.0, 1.3e30]], dtype=dtype, requires_grad=True)
+    args = (q_loc, q_log_scale, p_loc, p_log_scale)
+    want = torch.tensor([[1.0 + 100.0 - 1.0, 1.3e30 + 662.0 - 1.0]], dtype=torch.float64)
+    for fn in (expfam_kl, reference.expfam_kl):
+        kl = fn(*args, "laplace", "none")
+        torch.testing.assert_close(kl.double(), want, rtol=1e-6, atol=0, msg=fn.__module__)
+    kl = expfam_kl(*args, "laplace", "none")
+    grads = torch.autograd.grad(kl[0, 0], args)
+    # dKL/d(q_loc, l_q, p_loc, l_p) = (1/b_p)(1 - e^-u), -1 + e^w (1 + u), -(1/b_p)(1 - e^-u), 1 - |D|/b_p - e^w
+    for got, want_grad in zip(grads, (1.0, -1.0, -1.0, 0.0)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got[0, 0].double(), torch.tensor(want_grad, dtype=torch.float64), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype, delta, log_scale", [(torch.float64, 1e308, 710.0), (torch.float32, 3e38, 88.0)])
+def test_huge_distance_over_huge_scale_is_not_dropped(family, dtype, delta, log_scale):
+    """|Δ| e^-l_p with e^-l_p below exp's range (e^-710 in double) but |Δ| e^-l_p ~ 0.5: the KL's
+    z²/2 (Gaussian) or |Δ|/b_p (Laplace) term was silently 0 (exp underflowed to 0 first)."""
+    q_loc = torch.tensor([[0.0]], dtype=dtype)
+    q_log_scale = torch.tensor([[0.0]], dtype=dtype)
+    p_loc = torch.tensor([[delta]], dtype=dtype)
+    p_log_scale = torch.tensor([[log_scale]], dtype=dtype)
+    got = expfam_kl(q_loc, q_log_scale, p_loc, p_log_scale, family, "none")
+    want = reference.expfam_kl(*(t.double() for t in (q_loc, q_log_scale, p_loc, p_log_scale)), family, "none")
+    torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)

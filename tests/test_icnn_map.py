@@ -248,3 +248,47 @@ def test_mixed_devices_are_named():
     x, A, b, W, w, alpha = _good()
     with pytest.raises(ValueError, match=r"x and w must be on the same device, got cpu and meta"):
         icnn_map(x, A, b, W, torch.rand(5, dtype=torch.float64, device="meta"), alpha)
+
+
+# --- found by the hostile-input fuzzer (tests/fuzz_ops.py) --------------------------------------
+
+
+@pytest.mark.parametrize("index, value", [(1, None), (3, [[0.5]]), (0, "x")], ids=["A None", "W list", "x str"])
+def test_argument_that_is_not_a_tensor_is_named(index, value):
+    """Was "tensor does not have a device" (None), a pybind11 cast error, or AttributeError."""
+    args = _good()
+    args[index] = value
+    name = ("x", "A", "b", "W", "w")[index]
+    with pytest.raises(TypeError, match=rf"icnn_map: {name} must be a torch.Tensor, got {type(value).__name__}"):
+        icnn_map(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_alpha_zero_with_huge_x_is_finite(dtype):
+    """With α = 0 the quadratic term is exactly 0, also where ‖x‖² overflows (it was 0·inf = NaN
+    in float32 for |x| ~ 1e30, whose ψ is finite)."""
+    x, A, b, W, w, _ = _good()
+    x = torch.full_like(x, -1.9e30 if dtype == torch.float32 else 1e200).to(dtype)
+    A = (A * 1e-31 if dtype == torch.float32 else A * 1e-201).to(dtype)
+    b, W, w = b.to(dtype), W.to(dtype), w.to(dtype)
+    alpha = torch.tensor(0.0, dtype=dtype)
+    psi, grad = icnn_map(x, A, b, W, w, alpha)
+    want_psi, want_grad = reference.icnn_map(*(t.double() for t in (x, A, b, W, w, alpha)))
+    assert torch.isfinite(psi).all() and torch.isfinite(grad).all()
+    torch.testing.assert_close(psi.double(), want_psi.detach(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad.double(), want_grad.detach(), rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), torch.tensor(float("nan"), dtype=torch.float64),
+                                   torch.tensor(float("inf"), dtype=torch.float64)],
+                         ids=["nan", "inf", "nan tensor", "inf tensor"])
+@pytest.mark.parametrize("path", ["fused", "reference"])
+def test_alpha_must_be_finite_and_not_nan(alpha, path):
+    """NaN α passed the reference path's `alpha < 0` check, and α = inf was accepted everywhere
+    (ψ = ½·inf·‖x‖²: inf, or NaN at x = 0 or d = 0)."""
+    from ivae_ext.ops import use_reference_ops
+
+    x, A, b, W, w, _ = _good()
+    with use_reference_ops(path == "reference"):
+        with pytest.raises(ValueError, match=r"icnn_map: alpha must be (>= 0|finite)"):
+            icnn_map(x, A, b, W, w, alpha)

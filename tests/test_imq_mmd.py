@@ -425,3 +425,13 @@ def test_benchmark_baseline_computes_the_same_quantity():
 
     x, y = (t.detach() for t in samples(9, 9, 4))
     torch.testing.assert_close(anchor_mmd_dim(x, y), imq_mmd(x, y), rtol=1e-12, atol=1e-14)
+
+
+# --- found by the hostile-input fuzzer (tests/fuzz_ops.py) --------------------------------------
+
+
+@pytest.mark.parametrize("scales", [(True,), [1.0, "2"]], ids=["bool", "str"])
+def test_scales_of_bools_or_strings_are_refused(scales):
+    """float(True) == 1.0 and float("2") == 2.0 were accepted silently."""
+    with pytest.raises(TypeError, match=r"imq_mmd: scales must be a sequence of floats"):
+        imq_mmd(*_good(), scales)

@@ -1,5 +1,6 @@
 #include "common/icnn_args.h"
 
+#include <cmath>
 #include <vector>
 
 #include "common/checks.h"
@@ -42,6 +43,8 @@ IcnnArgs parse_icnn_args(const at::Tensor& x, const at::Tensor& A, const at::Ten
   // One device-to-host read on CUDA: a negative α silently breaks the Brenier map.
   const double alpha_value = alpha.item<double>();
   TORCH_CHECK_VALUE(alpha_value >= 0, op, ": alpha must be >= 0 (strong convexity), got ", alpha_value);
+  TORCH_CHECK_VALUE(std::isfinite(alpha_value), op,
+                    ": alpha must be finite (½ α ‖x‖² is not a potential for α = inf), got ", alpha_value);
   args.x = x.contiguous();
   args.A = A.contiguous();
   args.b = b.contiguous();

@@ -106,10 +106,10 @@ IVAE_CLONE_INLINE void pair_adjoint(T z, T l, T s, T o, T joint_weight, T grad_m
   const math::ComponentValueGrad<T> c = math::component_log_density_grad<F>(z, l, s, o);
   T w = kJoint ? joint_weight : T(0);
   if constexpr (kMarginals) w += grad_marginal * math::simd_exp_bounded(c.value - shift);
-  const T wz = w * c.d_z;
+  const T wz = math::weighted(w, c.d_z);
   grad_z += wz;
   grad_loc -= wz;
-  grad_log_scale += w * c.d_log_scale;
+  grad_log_scale += math::weighted(w, c.d_log_scale);
 }
 
 // Rows' pointers for one group of kRows codes (all non-null; zeros where no gradient flows).

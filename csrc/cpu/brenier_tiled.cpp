@@ -129,7 +129,7 @@ IVAE_CLONE_INLINE void logdet_rows(const IcnnPacked<T>& p, int64_t rows, const T
   const int64_t per_sample = workspace_size(p, 1, true) * static_cast<int64_t>(sizeof(T));
   // At least kMinJacobianRows GEMM rows (samples x d) per sub-block: below that the tiles' fixed
   // costs show (measured at d = 64, where one sample's Jacobian is 128 KB).
-  const int64_t at_least = (kMinJacobianRows + p.dim - 1) / p.dim;
+  const int64_t at_least = (kMinJacobianRows + p.dim - 1) / std::max<int64_t>(p.dim, 1);  // d = 0: no Jacobian rows
   const int64_t block = std::clamp<int64_t>(std::max(kSubBlockBytes / per_sample, at_least), 1, 256);
   T* ws = thread_workspace<BrenierTiledWorkspace, T>(workspace_size(p, std::min(block, rows), own_jacobian));
   const int64_t d = p.dim, H = p.hidden, width = p.layers * H;

@@ -40,7 +40,7 @@ IVAE_HD T top_forward_row(int64_t hidden, int64_t dim, const T* __restrict__ z, 
   T square = 0;
 #pragma omp simd reduction(+ : square)
   for (int64_t j = 0; j < dim; ++j) square += x[j] * x[j];
-  return potential + T(0.5) * alpha * square;
+  return potential + (alpha == T(0) ? T(0) : T(0.5) * alpha * square);  // α = 0: no 0·inf when ‖x‖² overflows
 }
 
 template <typename T>

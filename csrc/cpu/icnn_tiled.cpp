@@ -115,7 +115,7 @@ IVAE_CLONE_INLINE void forward_block(const IcnnPacked<T>& p, int64_t n, const T*
     }
     const T* __restrict__ xr = x + row * d;
     for (int64_t j = 0; j < d; ++j) square += xr[j] * xr[j];
-    psi[row] = potential + T(0.5) * p.alpha * square;
+    psi[row] = potential + (p.alpha == T(0) ? T(0) : T(0.5) * p.alpha * square);  // α = 0: no 0·inf
     T* __restrict__ sr = saved_s + (K - 1) * layer_stride + row * H;
     for (int64_t c = 0; c < H; ++c) sr[c] = w[c];
   }

@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(kBlockThreads)
                 math::component_log_density_grad<F>(zk, s_loc[kk][jj], s_inv[kk][jj], s_off[kk][jj]);
             T c = kJoint ? weight[jj] : T(0);
             if constexpr (kMarginals) c += grad_marginal * math::simd_exp_bounded(g.value - marginal_shift);
-            acc += c * g.d_z;
+            acc += math::weighted(c, g.d_z);
           }
         }
         gz[k * B] += acc;
@@ -409,8 +409,8 @@ __global__ void __launch_bounds__(kBlockThreads)
                 math::component_log_density_grad<F>(s_z[kk][ii], loc, inv_scale, offset);
             T c = kJoint ? weight[ii] : T(0);
             if constexpr (kMarginals) c += s_grad_marginal[kk][ii] * math::simd_exp_bounded(g.value - s_marginal_shift[kk][ii]);
-            acc_loc -= c * g.d_z;
-            acc_log_scale += c * g.d_log_scale;
+            acc_loc -= math::weighted(c, g.d_z);
+            acc_log_scale += math::weighted(c, g.d_log_scale);
           }
         }
         if (gl != nullptr) gl[k * N] += acc_loc;

@@ -63,7 +63,7 @@ __global__ void top_forward_kernel(int64_t rows, int64_t hidden, int64_t dim, co
       potential += __shfl_down_sync(0xffffffffu, potential, offset);
       square += __shfl_down_sync(0xffffffffu, square, offset);
     }
-    if (lane == 0) psi[r] = potential + T(0.5) * alpha[0] * square;
+    if (lane == 0) psi[r] = potential + (alpha[0] == T(0) ? T(0) : T(0.5) * alpha[0] * square);  // α = 0: no 0·inf
   }
 }
 

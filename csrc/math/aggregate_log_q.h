@@ -56,6 +56,14 @@ IVAE_HD ComponentValueGrad<T> component_log_density_grad(T z, T loc, T inv_scale
   }
 }
 
+// weight · derivative, 0 for a zero weight: a component whose softmax weight underflowed to 0
+// contributes nothing, also where its derivative overflowed ((z - loc)/σ² = inf: 0·inf = NaN).
+// A NaN weight still gives NaN.
+template <typename T>
+IVAE_HD T weighted(T weight, T derivative) {
+  return weight == T(0) ? T(0) : weight * derivative;
+}
+
 // Online logsumexp over a stream of values: the value is max + log(sum), sum = Σ e^(v - max).
 // An empty stream is (-inf, 0). NaN in the stream makes the sum NaN.
 template <typename T>

@@ -13,6 +13,7 @@ import torch
 from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
 from ivae_ext.ops._autograd import refuse_double_backward
+from ivae_ext.ops._checks import require_tensors
 from ivae_ext.ops._switch import reference_ops_enabled
 
 FAMILIES = reference.FAMILIES
@@ -24,7 +25,7 @@ def check_aggregate_log_q_args(z, q_loc, q_log_scale, family) -> None:
 
     Mirrors csrc/common/aggregate_log_q_args.cpp, which checks the same things for real tensors.
     """
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ValueError(f"aggregate_log_q: family must be one of {FAMILIES}, got {family!r}")
     tensors = (z, q_loc, q_log_scale)
     for name, t in zip(_ARG_NAMES, tensors):
@@ -108,6 +109,11 @@ def aggregate_log_q(
     * Over a whole dataset (N = N_data, as ``ivae_ext.metrics.mutual_information`` does by
       chunks of z): exact q(z) of the empirical aggregate posterior, no minibatch bias.
     """
+    require_tensors("aggregate_log_q", _ARG_NAMES, (z, q_loc, q_log_scale))
+    if not isinstance(with_marginals, bool):
+        raise TypeError(f"aggregate_log_q: with_marginals must be a bool, got {type(with_marginals).__name__}")
+    if not isinstance(family, str):  # the dispatcher's own error for a non-string is a pybind11 cast message
+        raise ValueError(f"aggregate_log_q: family must be one of {FAMILIES}, got {family!r}")
     if not HAS_EXTENSION or reference_ops_enabled():
         check_aggregate_log_q_args(z, q_loc, q_log_scale, family)
         log_qz, log_qz_marginals = reference.aggregate_log_q(z, q_loc, q_log_scale, family)

@@ -21,7 +21,8 @@ from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
 from ivae_ext.ops._autograd import records_graph, refuse_double_backward
 from ivae_ext.ops._switch import reference_ops_enabled
-from ivae_ext.ops.icnn_map import _alpha_tensor, _reference_icnn_map, check_icnn_args
+from ivae_ext.ops._checks import require_tensors
+from ivae_ext.ops.icnn_map import _ARG_NAMES, _alpha_tensor, _check_alpha_value, _reference_icnn_map, check_icnn_args
 
 HAS_FUSED_LOGDET = HAS_EXTENSION and hasattr(torch.ops.ivae_ext, "brenier_logdet")
 _OP = "brenier_logdet"
@@ -64,7 +65,9 @@ def brenier_map_logdet(x, A, b, W, w, alpha=0.0, check: bool = True, return_info
     module's docstring (with return_info, a fourth output: int32 status [B]).
 
     Differentiable once in every argument through any of the three outputs (analytic backward);
-    a second backward raises an error.
+    a second backward raises an error. Intermediates beyond the dtype's range — as icnn_map, and
+    here also the products J_k M J_kᵀ of the Jacobians J_k = ∂a_k/∂x (up to |J|², e.g. A ~1e20 in
+    float32) — give unspecified results (the backward's inf·0 is NaN). Use float64 there.
 
     Under ``ivae_ext.ops.use_reference_ops()`` (and without the compiled op) the same argument
     checks, then ψ and ∇ψ from ``ivae_ext.reference.icnn_map``, logdet from
@@ -72,11 +75,16 @@ def brenier_map_logdet(x, A, b, W, w, alpha=0.0, check: bool = True, return_info
     ``ivae_ext.reference.icnn_hessian``: the same outputs, the same check/return_info policy
     (differentiable twice there).
     """
+    for name, flag in (("check", check), ("return_info", return_info)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{_OP}: {name} must be a bool, got {type(flag).__name__}")
+    require_tensors(_OP, _ARG_NAMES, (x, A, b, W, w))
     alpha = _alpha_tensor(alpha, x, _OP)
     if not HAS_FUSED_LOGDET or reference_ops_enabled():
         check_icnn_args(x, A, b, W, w, alpha, _OP)
-        if bool(alpha < 0):
-            raise ValueError(f"{_OP}: alpha must be >= 0 (strong convexity), got {alpha.item()}")
+        _check_alpha_value(alpha.item(), _OP)
+        if x.dtype not in (torch.float32, torch.float64):  # torch.linalg.cholesky_ex has no half kernels
+            raise TypeError(f"{_OP}: the reference path takes float32 or float64, got {x.dtype}")
         psi, grad, logdet, info = _reference_with_info(x, A, b, W, w, alpha)
     else:
         keep = torch.is_grad_enabled() and any(t.requires_grad for t in (x, A, b, W, w, alpha))

@@ -15,6 +15,7 @@ import torch
 from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
 from ivae_ext.ops._autograd import refuse_double_backward
+from ivae_ext.ops._checks import require_tensors
 from ivae_ext.ops._switch import reference_ops_enabled
 
 FAMILIES = reference.FAMILIES
@@ -64,6 +65,16 @@ def check_expfam_kl_args(q_loc, q_log_scale, p_loc, p_log_scale, family, reducti
             )
 
 
+def _check_options(q_loc, q_log_scale, family, reduction) -> None:
+    """What the wrapper must see before it uses q_loc or hands strings to the dispatcher (whose
+    own errors for a non-string are a pybind11 cast message)."""
+    require_tensors("expfam_kl", _ARG_NAMES[:2], (q_loc, q_log_scale))
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise ValueError(f"expfam_kl: family must be one of {FAMILIES}, got {family!r}")
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"expfam_kl: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
 def _as_tensor(value, like: torch.Tensor, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
@@ -99,6 +110,7 @@ def expfam_kl(
     ``ivae_ext.reference.expfam_kl`` after the same argument checks (differentiable twice there;
     float16/bfloat16 then compute in their own dtype).
     """
+    _check_options(q_loc, q_log_scale, family, reduction)
     p_loc = _as_tensor(p_loc, q_loc, "p_loc")
     p_log_scale = _as_tensor(p_log_scale, q_loc, "p_log_scale")
     if not HAS_EXTENSION or reference_ops_enabled():

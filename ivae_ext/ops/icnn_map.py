@@ -14,6 +14,7 @@ import torch
 from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
 from ivae_ext.ops._autograd import records_graph, refuse_double_backward
+from ivae_ext.ops._checks import require_tensors
 from ivae_ext.ops._switch import reference_ops_enabled
 
 _ARG_NAMES = ("x", "A", "b", "W", "w")
@@ -47,12 +48,19 @@ def check_icnn_args(x, A, b, W, w, alpha, op: str = "icnn_map") -> None:
         raise ValueError(f"{op}: alpha must be a float or a 0-d tensor, got shape {list(alpha.shape)}")
 
 
+def _check_alpha_value(value: float, op: str) -> None:
+    """α must be a finite number >= 0 (NaN compares false both ways, so test what is wanted)."""
+    if not value >= 0:
+        raise ValueError(f"{op}: alpha must be >= 0 (strong convexity), got {value}")
+    if value == float("inf"):
+        raise ValueError(f"{op}: alpha must be finite (½ α ‖x‖² is not a potential for α = inf), got {value}")
+
+
 def _alpha_tensor(alpha, x: torch.Tensor, op: str = "icnn_map") -> torch.Tensor:
     if isinstance(alpha, torch.Tensor):
         return alpha
     if isinstance(alpha, Real) and not isinstance(alpha, bool):
-        if alpha < 0:
-            raise ValueError(f"{op}: alpha must be >= 0 (strong convexity), got {alpha}")
+        _check_alpha_value(float(alpha), op)
         return torch.tensor(float(alpha), dtype=x.dtype, device=x.device)
     raise TypeError(f"{op}: alpha must be a float or a 0-d tensor, got {type(alpha).__name__}")
 
@@ -88,15 +96,20 @@ def icnn_map(x, A, b, W, w, alpha=0.0):
     Differentiable once in every argument (the backward is analytic, no autograd graph);
     a second backward raises an error.
 
+    Range: where an intermediate exceeds the dtype's range — a pre-activation a_k (e.g. x and A
+    both ~1e30 in float32) or a reverse-sweep product W_kᵀ g_k — the results are unspecified and
+    may be finite: the GEMMs accumulate with fused multiply-adds, which turn a sum of overflowing
+    terms into ±inf (of either sign) rather than NaN. Use float64 for such magnitudes.
+
     Under ``ivae_ext.ops.use_reference_ops()`` (and without the compiled op) this is
     ``ivae_ext.reference.icnn_map`` after the same argument checks (autograd through double
     backpropagation; differentiable twice there).
     """
+    require_tensors("icnn_map", _ARG_NAMES, (x, A, b, W, w))
     alpha = _alpha_tensor(alpha, x)
     if not HAS_FUSED_ICNN or reference_ops_enabled():
         check_icnn_args(x, A, b, W, w, alpha)
-        if bool(alpha < 0):
-            raise ValueError(f"icnn_map: alpha must be >= 0 (strong convexity), got {alpha.item()}")
+        _check_alpha_value(alpha.item(), "icnn_map")
         return _reference_icnn_map(x, A, b, W, w, alpha)
     psi, grad, _ = torch.ops.ivae_ext.icnn_map.default(x, A, b, W, w, alpha)
     return psi, grad

@@ -41,6 +41,8 @@ def imq_scales(scales) -> tuple[float, ...]:
     elif isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
         raise TypeError(f"imq_mmd: scales must be a sequence of floats or a 1-D tensor, got {type(scales).__name__}")
     else:
+        if any(isinstance(c, (bool, str, bytes)) for c in scales):  # float(True) and float("2") would pass
+            raise TypeError(f"imq_mmd: scales must be a sequence of floats, got {scales!r}")
         try:
             values = tuple(float(c) for c in scales)
         except (TypeError, ValueError):
