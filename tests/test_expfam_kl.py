@@ -303,9 +303,17 @@ def test_laplace_q_far_narrower_than_its_distance_stays_exact(dtype):
         torch.testing.assert_close(got[0, 0].double(), torch.tensor(want_grad, dtype=torch.float64), rtol=1e-6, atol=1e-6)
 
 
+@pytest.fixture
+def ieee_denormals():
+    """Denormals on (the IEEE default): the iVAE runner turns flush-to-zero on process-wide for
+    speed, and an earlier test in the same process would then flush the reference's e^-710 to 0."""
+    torch.set_flush_denormal(False)
+    yield
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype, delta, log_scale", [(torch.float64, 1e308, 710.0), (torch.float32, 3e38, 88.0)])
-def test_huge_distance_over_huge_scale_is_not_dropped(family, dtype, delta, log_scale):
+def test_huge_distance_over_huge_scale_is_not_dropped(family, dtype, delta, log_scale, ieee_denormals):
     """|Δ| e^-l_p with e^-l_p below exp's range (e^-710 in double) but |Δ| e^-l_p ~ 0.5: the KL's
     z²/2 (Gaussian) or |Δ|/b_p (Laplace) term was silently 0 (exp underflowed to 0 first)."""
     q_loc = torch.tensor([[0.0]], dtype=dtype)
