@@ -417,7 +417,10 @@ def reference_expfam_kl(values, options):
 def expfam_kl_grad_rounding(case, weights, want_grads):
     """The float64 reference's gradients come from autograd of the KL formula, which sums terms that
     can cancel (Laplace: 1/b_p - e^w/b_q for the location, both ~1e34 when b_p is tiny): their
-    rounding, 64 eps times the terms' size, mapped to each argument like its gradient."""
+    rounding, 64 eps times the terms' size, mapped to each argument like its gradient. A call on
+    the reference path (use_reference_ops) runs that same formula in the op's dtype: its allowance
+    is the same with the op's eps (float32 Laplace, b_q/b_p ~ 1e7 and |Δ|/b_q ~ 1e-4: two terms of
+    1e5 cancel to a location gradient of 9 — the pure-PyTorch formula's rounding, not the fused op's)."""
     values, leaves = materialize(case, "float64", requires_grad=True)
     q_loc, lq, p_loc, lp = [v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64)
                             for v in values]
@@ -431,7 +434,9 @@ def expfam_kl_grad_rounding(case, weights, want_grads):
             ew = torch.exp(lq - lp - u)
             scale = 1 + torch.exp(-lp) + ew * torch.exp(-lq) + ew * (1 + u) + v
         weight = weights[0].abs()
-        c = 64 * torch.finfo(torch.float64).eps * scale * (weight.unsqueeze(-1) if weight.dim() == 1 else weight)
+        op_dtype = dtype_of(next(a.dtype for a in case.args if a.is_tensor))
+        eps = torch.finfo(op_dtype if case.reference_mode else torch.float64).eps
+        c = 64 * eps * scale * (weight.unsqueeze(-1) if weight.dim() == 1 else weight)
     total = (c * (q_loc + lq + p_loc + lp)).sum()
     grads = torch.autograd.grad(total, leaves, allow_unused=True)
     # NaN: a term is inf·0 in float64 (its size unknown): no extra allowance there
@@ -693,6 +698,28 @@ def brenier_output_rounding(case, outputs):
     return (None, None, _hessian_rounding(case), None)
 
 
+def brenier_grad_rounding(case, weights, want_grads):
+    """Every gradient of log det goes through the inverse Hessian, which rounding in forming the
+    Hessian moves by about cond·eps relative: per sample, the Hessian rounding above times that
+    sample's |∂ log det/∂(argument)| (float64 reference), weighted like the checked projection
+    (float64, d = 2, cond 1.2e9: the op's A-gradient 1.5e-8 relative off the reference's)."""
+    rounding = _hessian_rounding(case)
+    logdet_weight = weights[2]
+    values, leaves = materialize(case, "float64", requires_grad=True)
+    extra = [torch.zeros_like(leaf) for leaf in leaves]
+    with torch.enable_grad():
+        logdet = reference_brenier(values, case.options)[2]
+        for i in range(logdet.shape[0]):
+            c = float(logdet_weight[i].abs() * rounding[i])
+            if c == 0 or not logdet.requires_grad:
+                continue
+            grads = torch.autograd.grad(logdet[i], leaves, retain_graph=True, allow_unused=True)
+            for e, g in zip(extra, grads):
+                if g is not None:
+                    e += c * g.abs()
+    return extra
+
+
 def brenier_skip_grad(case, outputs):
     """No gradient check where a sample was flagged (NaN logdet by policy): its NaN reaches every
     parameter's gradient, where the reference (slogdet of a barely positive matrix) may be finite;
@@ -874,7 +901,7 @@ OPS = {
         rtol={"float64": 1e-8, "float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2},
         refusal_by_design=brenier_refusal_by_design, compare_mask=brenier_compare_mask,
         skip_grad=brenier_skip_grad, beyond_range=brenier_beyond_dtype_range,
-        output_rounding=brenier_output_rounding),
+        output_rounding=brenier_output_rounding, grad_rounding=brenier_grad_rounding),
     "aggregate_log_q": OpSpec("aggregate_log_q", draw_aggregate_log_q, call_aggregate_log_q, reference_aggregate_log_q,
                               grad_rounding=aggregate_log_q_grad_rounding),
     "imq_mmd": OpSpec("imq_mmd", draw_imq_mmd, call_imq_mmd, reference_imq_mmd,
