@@ -109,6 +109,53 @@ def brenier_logdet_bruteforce(x, A, b, W, w, alpha) -> torch.Tensor:
     return torch.where(sign > 0, logabsdet, torch.full_like(logabsdet, float("nan")))
 
 
+def conjugate_gradient(hvp, v, tol: float, max_iter: int):
+    """(u, iterations): solves H u = v for a batch [B, d] the way CP-Flow does (from its paper's
+    code as described in ../shared/anchors/cp-flow.md): start at u = v, at most max_iter steps,
+    stop when every entry of every sample's residual is below tol (the worst sample sets the count)."""
+    u = v.clone()
+    r = v - hvp(u)
+    p = r.clone()
+    rr = (r * r).sum(-1, keepdim=True)
+    iterations = 0
+    while iterations < max_iter and not bool((r.abs() < tol).all()):
+        hp = hvp(p)
+        step = rr / (p * hp).sum(-1, keepdim=True)
+        u = u + step * p
+        r = r - step * hp
+        rr_next = (r * r).sum(-1, keepdim=True)
+        p = r + (rr_next / rr) * p
+        rr = rr_next
+        iterations += 1
+    return u, iterations
+
+
+def stochastic_logdet_surrogate(x, A, b, W, w, alpha, probes, tol: float = 1e-3, max_iter: int | None = None):
+    """CP-Flow's training-time estimator of ∇ log det ∇²ψ(x), the way its code computes it: ∇ψ by
+    autograd (create_graph), Hessian-vector products by double backpropagation, a conjugate-gradient
+    solve u_p = H⁻¹ v_p without a graph, then the surrogate (1/P) Σ_p v_pᵀ H u_p [B] with u_p held
+    fixed. probes: [P, B, d] (e.g. Rademacher). Its gradient is an unbiased estimate of the gradient
+    of log det H (up to the solve's tolerance); its value is not a log-determinant (≈ v_pᵀ v_p).
+    Returns (surrogate, the most CG iterations over the probes)."""
+    if max_iter is None:
+        max_iter = x.shape[1]
+    with torch.enable_grad():
+        x_in = x if x.requires_grad else x.detach().requires_grad_()
+        psi = icnn_potential(x_in, A, b, W, w, alpha)
+        (grad,) = torch.autograd.grad(psi.sum(), x_in, create_graph=True)
+
+        def hvp(vector, create_graph=False):
+            return torch.autograd.grad(grad, x_in, vector, create_graph=create_graph, retain_graph=True)[0]
+
+        total, most = 0, 0
+        for v in probes:
+            with torch.no_grad():
+                u, iterations = conjugate_gradient(hvp, v, tol, max_iter)
+            total = total + (hvp(u, create_graph=True) * v).sum(-1)
+            most = max(most, iterations)
+    return total / probes.shape[0], most
+
+
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
