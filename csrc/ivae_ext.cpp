@@ -37,6 +37,13 @@ TORCH_LIBRARY(ivae_ext, m) {
       "brenier_logdet_backward(Tensor grad_logdet, Tensor x, Tensor A, Tensor b, Tensor W, "
       "Tensor w, Tensor alpha, Tensor saved, Tensor jac, Tensor minv, bool[6] output_mask) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Conjugate gradient ∇²ψ(x) u = v for every probe v of probes [P, B, d] (saved: icnn_map's
+  // [2, K, B, H]), each row stopped once every residual entry is below tol, at most max_iter
+  // steps: u and residual v - H u [P, B, d], iterations [P, B] int32 (-1: pᵀHp <= 0 met, u NaN).
+  // CPU only (other devices: the ATen sequence in ivae_ext/ops/logdet_surrogate.py).
+  m.def(
+      "icnn_conjugate_gradient(Tensor x, Tensor A, Tensor b, Tensor W, Tensor w, Tensor alpha, "
+      "Tensor saved, Tensor probes, float tol, int max_iter) -> (Tensor u, Tensor residual, Tensor iterations)");
   // Aggregate posterior of N factorized posteriors at B codes, streamed over the N components
   // (no [B, N] or [B, N, d] buffer): log_qz [B] = log (1/N) Σ_j Π_k q(z_ik | x_j) and, when
   // with_marginals, log_qz_marginals [B, d] = log (1/N) Σ_j q(z_ik | x_j) (else empty [0]).

@@ -1,0 +1,389 @@
+"""Stochastic gradient surrogate of log det ∇²ψ(x) for training convex-potential flows: CP-Flow's
+estimator (../shared/anchors/cp-flow.md) with its Hessian-vector products and conjugate-gradient
+iterations done analytically — no autograd graph per iteration.
+
+For Rademacher probes v_p (p = 1..P) and u_p = H⁻¹ v_p (conjugate gradient to tolerance `tol`),
+the surrogate is S = (1/P) Σ_p v_pᵀ H(x; θ) u_p with u_p held fixed. Because E[v vᵀ] = I, the
+gradient of S with respect to x and every parameter is an unbiased estimate of the gradient of
+log det H = tr(H⁻¹ ∂H) (up to the solve's tolerance). Its VALUE is not a log-determinant (it is
+≈ ‖v‖² = d); evaluate densities with the exact ``brenier_logdet``.
+
+The math (DESIGN.md op 3, with s_k the reverse-sweep vectors and c_k = s_k ⊙ σ''(a_k)):
+H u = α u + Σ_k J_kᵀ (c_k ⊙ J_k u), where J_k u is the forward tangent ȧ_k of the pre-activations
+along u. So vᵀ H u = α uᵀv + Σ_k ⟨c_k, ȧ_k(u) ⊙ ȧ_k(v)⟩ — a function of the forward pass
+(a_k, s_k) and two tangent chains, whose gradient is one reverse sweep through the s recurrence
+(upwards) and through the tangent and primal chains (downwards); see ``_surrogate_backward``.
+Checked against autograd third derivatives and, averaged over all 2^d sign vectors, against the
+exact gradient of log det (tests/test_logdet_surrogate.py).
+
+Conjugate gradient here differs from CP-Flow's in two ways that do not change what it solves:
+it starts at u = 0 (CP-Flow starts at u = v, one Hessian-vector product more), and it stops each
+sample when every entry of its residual is below tol (CP-Flow keeps iterating every sample until
+the worst one has converged): converged rows leave the batch. Iterations are capped at max_iter
+(default d, as CP-Flow); a sample that reaches the cap keeps its last iterate, as there.
+A Hessian that is not positive definite (the solve meets pᵀHp ≤ 0) has no log-determinant:
+``check=True`` raises an error naming the sample; with ``check=False`` that sample's surrogate is
+NaN (and so are the gradients it reaches) and its iteration count is -1.
+
+The Hessian-vector products are GEMMs over the batch (ATen: CPU and CUDA alike); the forward and
+the ψ/∇ψ part of the backward are the fused icnn_map kernels. Under ``use_reference_ops()`` (and
+without the compiled extension) ``ivae_ext.reference.stochastic_logdet_surrogate`` runs instead:
+autograd double backpropagation, CP-Flow's own CG schedule.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ivae_ext import reference
+from ivae_ext.ops._checks import require_tensors
+from ivae_ext.ops._switch import reference_ops_enabled
+from ivae_ext.ops.icnn_map import (
+    _ARG_NAMES, HAS_FUSED_ICNN, _alpha_tensor, _check_alpha_value, _reference_icnn_map, check_icnn_args,
+)
+
+_OP = "stochastic_logdet_surrogate"
+# the CPU's tiled solve (csrc/cpu/icnn_cg_tiled.cpp); other devices take _conjugate_gradient
+_HAS_TILED_CG = HAS_FUSED_ICNN and hasattr(torch.ops.ivae_ext, "icnn_conjugate_gradient")
+# Widest H at which the CPU solve takes the tiles, as icnn_map (csrc/cpu/icnn_packing.h): measured
+# (float32, one thread, condition-5 Hessians) the tiled solve is 1.6x the ATen one at H = 64,
+# d = 16 and 0.6x at H = 128, d = 64, where MKL's GEMMs win.
+_TILED_CG_MAX_HIDDEN = 64
+
+
+def _uses_tiled_cg(x: torch.Tensor, hidden: int) -> bool:
+    """The CPU's tiled solve, unless IVAE_ICNN_CPU_PATH=aten (or =tiles forces it at any H)."""
+    if x.device.type != "cpu" or not _HAS_TILED_CG:
+        return False
+    path = os.environ.get("IVAE_ICNN_CPU_PATH")
+    if path in ("aten", "tiles"):
+        return path == "tiles"
+    return hidden <= _TILED_CG_MAX_HIDDEN
+_NOT_POSITIVE_DEFINITE = -1
+
+
+# ------------------------------------------------------------------------------------------------
+# The math on tensors (device-generic ATen calls)
+
+
+def _curvature(saved: torch.Tensor):
+    """(σ'(a_k), c_k = s_k ⊙ σ''(a_k)), each [K, n, H], from icnn_map's saved (a_k, s_k)."""
+    d1 = torch.sigmoid(saved[0])
+    return d1, saved[1] * d1 * (1 - d1)
+
+
+def _hessian_vector(d1, c, A_rows, W, W_t, alpha, V):
+    """∇²ψ V for rows V [n, d]: tangent ȧ_k = W_k(σ'_{k-1} ⊙ ȧ_{k-1}) + A_k V forward, then
+    ā_k = c_k ⊙ ȧ_k + σ'_k ⊙ (ā_{k+1} W_{k+1}) back, and Σ_k ā_k A_k + α V."""
+    layers, hidden = d1.shape[0], d1.shape[-1]
+    tangent = list(torch.mm(V, A_rows.t()).split(hidden, dim=1))
+    for k in range(1, layers):
+        tangent[k] = torch.addmm(tangent[k], tangent[k - 1] * d1[k - 1], W_t[k - 1])
+    adjoint = torch.empty_like(torch.cat(tangent, 1)) if layers > 1 else None
+    top = c[layers - 1] * tangent[layers - 1]
+    if layers == 1:
+        return torch.addmm(V * alpha, top, A_rows)
+    blocks = list(adjoint.split(hidden, dim=1))
+    blocks[layers - 1].copy_(top)
+    for k in range(layers - 1, 0, -1):
+        torch.addcmul(c[k - 1] * tangent[k - 1], torch.mm(blocks[k], W[k - 1]), d1[k - 1], out=blocks[k - 1])
+    return torch.addmm(V * alpha, adjoint, A_rows)
+
+
+def _conjugate_gradient(d1, c, A, W, alpha, v, tol: float, max_iter: int):
+    """(u [n, d], residual v - H u [n, d], iterations [n] int32): H u = v per row, H the Hessian
+    whose curvature factors (d1, c) are [K, n, H]. A row stops once every entry of its residual is
+    below tol; once a quarter of the rows have stopped, they leave the batch (before that they
+    ride along with a zero step: cheaper than compacting every time). A row that meets pᵀHp <= 0
+    (not positive definite, or not finite) gets u = NaN and iterations = -1."""
+    layers, hidden, dim = A.shape
+    A_rows = A.reshape(layers * hidden, dim)
+    W_t = W.transpose(1, 2).contiguous()
+    n = v.shape[0]
+    u = torch.zeros_like(v)
+    residual = v.clone()  # full-size: rows that leave the batch store their final residual here
+    iterations = torch.zeros(n, dtype=torch.int32, device=v.device)
+    rows = torch.arange(n, device=v.device)
+    r, p = v.clone(), v.clone()
+    rr = (r * r).sum(-1)
+    active = (r.abs() >= tol).any(-1)
+    done = 0
+    while done < max_iter and rows.numel():
+        count = int(active.sum())
+        if count < rows.numel() * 3 // 4 or count == 0:  # compact (also u, r of the leaving rows)
+            leaving = ~active
+            residual.index_copy_(0, rows[leaving], r[leaving])
+            keep = active.nonzero().squeeze(1)
+            rows, r, p, rr, d1, c, active = rows[keep], r[keep], p[keep], rr[keep], d1[:, keep], c[:, keep], active[keep]
+            if not rows.numel():
+                break
+        hp = _hessian_vector(d1, c, A_rows, W, W_t, alpha, p)
+        curvature = (p * hp).sum(-1)
+        positive = curvature > 0  # NaN compares false: a non-finite Hessian is flagged too
+        step = torch.where(active & positive, rr / curvature, torch.zeros_like(rr))
+        u.index_add_(0, rows, step.unsqueeze(1) * p)
+        r = r - step.unsqueeze(1) * hp
+        done += 1
+        rr_next = (r * r).sum(-1)
+        p = r + torch.where(active, rr_next / rr, torch.zeros_like(rr)).unsqueeze(1) * p
+        rr = rr_next
+        if not bool(positive[active].all()):
+            bad = active & ~positive
+            u.index_fill_(0, rows[bad], float("nan"))
+            iterations.index_fill_(0, rows[bad], _NOT_POSITIVE_DEFINITE)
+            r[bad] = float("nan")
+            active = active & positive
+        stopped = active & ~(r.abs() >= tol).any(-1)
+        iterations.index_fill_(0, rows[stopped], done)
+        active = active & ~stopped
+    residual.index_copy_(0, rows, r)
+    capped = rows[active] if rows.numel() else rows
+    iterations.index_fill_(0, capped, done)  # rows stopped by the cap
+    return u, residual, iterations
+
+
+def _softplus(a: torch.Tensor) -> torch.Tensor:
+    """σ(a), exact also above a = 20 in float64 (torch's softplus returns a there: 2e-9 off)."""
+    if a.dtype == torch.float64:
+        return a.clamp(min=0) + torch.log1p(torch.exp(-a.abs()))
+    return torch.nn.functional.softplus(a)
+
+
+def _surrogate_backward(grad_surrogate, x, A, W, alpha, saved, d1, c, u, v):
+    """Gradients (x, A, b, W, w, alpha) of Σ_b S̄_b v_bᵀ H(x_b) u_b with u, v fixed [n, d].
+
+    With ȧ^u_k, ȧ^v_k the tangents along u and v and p_k = ȧ^u_k ⊙ ȧ^v_k, S = α u·v + Σ_k ⟨s_k ⊙ σ''(a_k), p_k⟩:
+    - direct: ∂S/∂s_k = σ''_k p_k, ∂S/∂a_k = s_k σ'''_k p_k, ∂S/∂ȧ^u_k = c_k ȧ^v_k (and u ↔ v);
+    - the s recurrence s_{k-1} = (s_k ⊙ σ'_k) W_k, s_{K-1} = w, adjoint upwards (k = 0 → K-1);
+    - the tangent chains ȧ_k = (σ'_{k-1} ⊙ ȧ_{k-1}) W_kᵀ + (u, v) A_kᵀ and the primal chain
+      a_k = σ(a_{k-1}) W_kᵀ + x A_kᵀ + b_k, adjoints downwards, stacked as [u rows; v rows; x rows]
+      so that each step through W_k and each weight gradient is one GEMM."""
+    layers, hidden, dim = A.shape
+    n = x.shape[0]
+    a, s = saved[0], saved[1]
+    d2 = d1 * (1 - d1)
+    A_rows = A.reshape(layers * hidden, dim)
+    inputs = torch.cat([u, v, x])  # [3n, d]: what A_kᵀ multiplies in the three chains
+    # rows [0, 2n) of `values` hold the tangents ż^u, ż^v of each layer, rows [2n, 3n) z = σ(a)
+    values = torch.empty((layers, 3 * n, hidden), dtype=x.dtype, device=x.device)
+    tangent = torch.mm(inputs[:2 * n], A_rows.t()).view(2 * n, layers, hidden).transpose(0, 1).contiguous()
+    for k in range(layers):
+        if k:
+            tangent[k].addmm_(values[k - 1, :2 * n], W[k - 1].t())
+        torch.mul(tangent[k].view(2, n, hidden), d1[k], out=values[k, :2 * n].view(2, n, hidden))
+    values[:, 2 * n:] = _softplus(a)
+    g = grad_surrogate.view(1, n, 1)
+    products = g * tangent[:, :n] * tangent[:, n:]  # [K, n, H]: S̄ p_k
+    weighted = c * g
+    # adjoints [ȧ^u; ȧ^v; a] per layer, [K, 3n, H]
+    adjoint = torch.empty_like(values)
+    torch.mul(weighted, tangent[:, n:], out=adjoint[:, :n])
+    torch.mul(weighted, tangent[:, :n], out=adjoint[:, n:2 * n])
+    torch.mul(s * d2 * (1 - 2 * d1), products, out=adjoint[:, 2 * n:])
+    W_bar = torch.empty_like(W)
+    # the s recurrence, upwards: t is the adjoint of s_k
+    t = d2[0] * products[0]
+    for k in range(1, layers):
+        q = torch.mm(t, W[k - 1].t())  # adjoint of s_k ⊙ σ'_k
+        torch.mm((s[k] * d1[k]).t(), t, out=W_bar[k - 1])
+        adjoint[k, 2 * n:].addcmul_(q, s[k] * d2[k])
+        t = torch.addcmul(d2[k] * products[k], q, d1[k])
+    w_bar = t.sum(0)
+    # downwards through the tangent and primal chains
+    for k in range(layers - 1, 0, -1):
+        W_bar[k - 1].addmm_(adjoint[k].t(), values[k - 1])
+        back = torch.mm(adjoint[k], W[k - 1])  # adjoints of [ż^u; ż^v; z] of layer k-1
+        through = (back[:2 * n] * tangent[k - 1]).view(2, n, hidden).sum(0)
+        adjoint[k - 1, :2 * n].view(2, n, hidden).addcmul_(back[:2 * n].view(2, n, hidden), d1[k - 1])
+        adjoint[k - 1, 2 * n:].addcmul_(through, d2[k - 1]).addcmul_(back[2 * n:], d1[k - 1])
+    A_bar = torch.bmm(adjoint.transpose(1, 2), inputs.expand(layers, 3 * n, dim))
+    primal = adjoint[:, 2 * n:]  # [K, n, H]
+    x_bar = torch.bmm(primal, A).sum(0)
+    b_bar = primal.sum(1)
+    alpha_bar = (grad_surrogate * (u * v).sum(-1)).sum()
+    return x_bar, A_bar, b_bar, W_bar, w_bar, alpha_bar
+
+
+# ------------------------------------------------------------------------------------------------
+# The custom op: forward (ψ, ∇ψ, surrogate) and its backward
+
+
+@torch.library.custom_op("ivae_ext::brenier_surrogate", mutates_args=())
+def _brenier_surrogate(x: torch.Tensor, A: torch.Tensor, b: torch.Tensor, W: torch.Tensor, w: torch.Tensor,
+                       alpha: torch.Tensor, probes: torch.Tensor, tol: float, max_iter: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ψ [B], ∇ψ [B, d], surrogate [B], iterations [B] int32, saved [2, K, B, H], solutions [P, B, d])."""
+    psi, grad, saved = torch.ops.ivae_ext.icnn_map.default(x, A, b, W, w, alpha)
+    count, batch, dim = probes.shape
+    flat = probes.reshape(count * batch, dim)
+    if _uses_tiled_cg(x, A.shape[1]):
+        u, residual, iterations = torch.ops.ivae_ext.icnn_conjugate_gradient.default(
+            x, A, b, W, w, alpha, saved, probes, tol, max_iter)
+        u, residual = u.view(count * batch, dim), residual.view(count * batch, dim)
+    else:
+        d1, c = _curvature(saved)
+        if count > 1:
+            d1, c = d1.repeat(1, count, 1), c.repeat(1, count, 1)
+        u, residual, iterations = _conjugate_gradient(d1, c, A.contiguous(), W.contiguous(), alpha, flat, tol,
+                                                      max_iter)
+    # S = (1/P) Σ_p v_pᵀ H u_p, with H u_p = v_p - r_p from the solve's residual
+    surrogate = (flat * (flat - residual)).sum(-1).view(count, batch).mean(0)
+    iterations = iterations.view(count, batch)
+    flagged = (iterations == _NOT_POSITIVE_DEFINITE).any(0)
+    iterations = torch.where(flagged, torch.full_like(iterations[0], _NOT_POSITIVE_DEFINITE), iterations.amax(0))
+    return psi, grad, surrogate, iterations, saved, u.view(count, batch, dim)
+
+
+@_brenier_surrogate.register_fake
+def _brenier_surrogate_fake(x, A, b, W, w, alpha, probes, tol, max_iter):
+    batch, dim = x.shape
+    layers, hidden = A.shape[0], A.shape[1]
+    return (x.new_empty((batch,)), x.new_empty((batch, dim)), x.new_empty((batch,)),
+            x.new_empty((batch,), dtype=torch.int32), x.new_empty((2, layers, batch, hidden)),
+            x.new_empty(probes.shape))
+
+
+@torch.library.custom_op("ivae_ext::brenier_surrogate_backward", mutates_args=())
+def _brenier_surrogate_backward(grad_psi: torch.Tensor, grad_grad: torch.Tensor, grad_surrogate: torch.Tensor,
+                                x: torch.Tensor, A: torch.Tensor, b: torch.Tensor, W: torch.Tensor, w: torch.Tensor,
+                                alpha: torch.Tensor, probes: torch.Tensor, saved: torch.Tensor,
+                                solutions: torch.Tensor) -> list[torch.Tensor]:
+    """Gradients for (x, A, b, W, w, alpha): icnn_map's fused backward for (ψ̄, ḡ) plus the
+    surrogate's sweep for S̄ (each probe weighted 1/P)."""
+    grads = list(torch.ops.ivae_ext.icnn_map_backward.default(grad_psi, grad_grad, x, A, b, W, w, alpha, saved,
+                                                               [True] * 6))
+    count = probes.shape[0]
+    if count:
+        d1, c = _curvature(saved)
+        A_c, W_c = A.contiguous(), W.contiguous()
+        weight = grad_surrogate / count
+        for p in range(count):
+            extra = _surrogate_backward(weight, x, A_c, W_c, alpha, saved, d1, c, solutions[p], probes[p])
+            grads = [total + part for total, part in zip(grads, extra)]
+    return grads
+
+
+@_brenier_surrogate_backward.register_fake
+def _brenier_surrogate_backward_fake(grad_psi, grad_grad, grad_surrogate, x, A, b, W, w, alpha, probes, saved,
+                                     solutions):
+    return [t.new_empty(t.shape) for t in (x, A, b, W, w, alpha)]
+
+
+def _setup_context(ctx, inputs, output):
+    x, A, b, W, w, alpha, probes, _tol, _max_iter = inputs
+    _psi, _grad, _surrogate, _iterations, saved, solutions = output
+    ctx.save_for_backward(x, A, b, W, w, alpha, probes, saved, solutions)
+
+
+def _backward(ctx, grad_psi, grad_grad, grad_surrogate, _g_iterations, _g_saved, _g_solutions):
+    x, A, b, W, w, alpha, probes, saved, solutions = ctx.saved_tensors
+    grad_psi = torch.zeros_like(x[:, 0]) if grad_psi is None else grad_psi.contiguous()
+    grad_grad = torch.zeros_like(x) if grad_grad is None else grad_grad.contiguous()
+    grad_surrogate = torch.zeros_like(x[:, 0]) if grad_surrogate is None else grad_surrogate.contiguous()
+    grads = _brenier_surrogate_backward(grad_psi, grad_grad, grad_surrogate, x, A, b, W, w, alpha, probes, saved,
+                                        solutions)
+    wanted = ctx.needs_input_grad
+    return tuple(g if wanted[i] else None for i, g in enumerate(grads)) + (None, None, None)
+
+
+torch.library.register_autograd("ivae_ext::brenier_surrogate", _backward, setup_context=_setup_context)
+
+
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError(f"ivae_ext.ops.{_OP}: double backward is not supported (the surrogate is already a "
+                       f"third-derivative quantity); use ivae_ext.reference.stochastic_logdet_surrogate")
+
+
+torch.library.register_autograd("ivae_ext::brenier_surrogate_backward", _refuse_double_backward,
+                                setup_context=lambda ctx, inputs, output: None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public functions
+
+
+def _check_options(probes, tol, max_iter, generator, check, return_info, x) -> int:
+    for name, flag in (("check", check), ("return_info", return_info)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{_OP}: {name} must be a bool, got {type(flag).__name__}")
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
+        raise ValueError(f"{_OP}: probes must be an int >= 1, got {probes!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < float("inf"):
+        raise ValueError(f"{_OP}: tol must be a finite float >= 0 (the residual bound per entry), got {tol!r}")
+    if max_iter is None:
+        max_iter = x.shape[1] if x.dim() == 2 else 0
+    elif isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"{_OP}: max_iter must be an int >= 1 or None (= d), got {max_iter!r}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"{_OP}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if generator.device.type != x.device.type:
+            raise ValueError(f"{_OP}: generator is on {generator.device}, x on {x.device}: they must match")
+    return max_iter
+
+
+def rademacher_probes(count: int, batch: int, dim: int, like: torch.Tensor, generator=None) -> torch.Tensor:
+    """[count, batch, dim] entries ±1 in like's dtype and device (CP-Flow's probe)."""
+    bits = torch.randint(0, 2, (count, batch, dim), generator=generator, device=like.device, dtype=like.dtype)
+    return bits * 2 - 1
+
+
+def _raise_if_flagged(iterations: torch.Tensor) -> None:
+    bad = iterations == _NOT_POSITIVE_DEFINITE
+    count = int(bad.sum())
+    if count:
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{_OP}: the Hessian ∇²ψ(x) is not positive definite or not finite for {count} of {iterations.numel()} "
+            f"samples (first: sample {first}; conjugate gradient met pᵀHp <= 0 or NaN); its log-determinant is "
+            f"undefined there. "
+            f"Use alpha > 0 and non-negative W, w (ivae_ext.nn.ICNN keeps them so), or pass check=False to get "
+            f"NaN for those samples.")
+
+
+def brenier_map_surrogate(x, A, b, W, w, alpha=0.0, probes: int = 1, tol: float = 1e-3, max_iter: int | None = None,
+                          generator: torch.Generator | None = None, check: bool = True, return_info: bool = False):
+    """(ψ(x) [B], ∇ψ(x) [B, d], surrogate [B]) in one pass: what a convex-potential flow trains with
+    (see this module's docstring; the surrogate's gradient, not its value, estimates that of
+    log det ∇²ψ). With return_info, a fourth output: CG iterations per sample [B] int32 (the most
+    over its probes; -1 where the Hessian is not positive definite).
+
+    Args as :func:`ivae_ext.ops.icnn_map`, and:
+        probes: P, Rademacher probes per sample (the gradient's variance falls as 1/P).
+        tol: stop a sample's conjugate gradient when every entry of its residual v - H u is below tol.
+        max_iter: cap on the iterations (default d).
+        generator: draws the probes (default: torch's global generator on x's device).
+        check: raise if some Hessian is not positive definite (else NaN there).
+    Differentiable once in every argument; a second backward raises an error.
+    """
+    max_iter = _check_options(probes, tol, max_iter, generator, check, return_info, x)
+    require_tensors(_OP, _ARG_NAMES, (x, A, b, W, w))
+    alpha = _alpha_tensor(alpha, x, _OP)
+    check_icnn_args(x, A, b, W, w, alpha, _OP)
+    if not x.dtype.is_floating_point or x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{_OP}: x must be float32 or float64, got {x.dtype}")
+    if not alpha.requires_grad:
+        _check_alpha_value(alpha.item(), _OP)
+    v = rademacher_probes(probes, x.shape[0], x.shape[1], x, generator)
+    if not HAS_FUSED_ICNN or reference_ops_enabled():
+        psi, grad = _reference_icnn_map(x, A, b, W, w, alpha)
+        surrogate, count = reference.stochastic_logdet_surrogate(x, A, b, W, w, alpha, v, tol, max_iter)
+        iterations = torch.full((x.shape[0],), count, dtype=torch.int32, device=x.device)
+        bad = ~torch.isfinite(surrogate)
+        iterations = torch.where(bad, torch.full_like(iterations, _NOT_POSITIVE_DEFINITE), iterations)
+    else:
+        psi, grad, surrogate, iterations, _, _ = _brenier_surrogate(x, A, b, W, w, alpha, v, float(tol), max_iter)
+    if check:
+        _raise_if_flagged(iterations)
+    return (psi, grad, surrogate, iterations) if return_info else (psi, grad, surrogate)
+
+
+def stochastic_logdet_surrogate(x, A, b, W, w, alpha=0.0, probes: int = 1, tol: float = 1e-3,
+                                max_iter: int | None = None, generator: torch.Generator | None = None,
+                                check: bool = True, return_info: bool = False):
+    """The surrogate [B] alone (see :func:`brenier_map_surrogate`); with return_info,
+    (surrogate, iterations)."""
+    out = brenier_map_surrogate(x, A, b, W, w, alpha, probes, tol, max_iter, generator, check, return_info=True)
+    return (out[2], out[3]) if return_info else out[2]
