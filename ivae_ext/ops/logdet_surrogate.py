@@ -151,7 +151,7 @@ def _softplus(a: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.softplus(a)
 
 
-def _surrogate_backward(grad_surrogate, x, A, W, alpha, saved, d1, c, u, v):
+def _surrogate_backward(grad_surrogate, x, A, W, w, alpha, saved, d1, c, u, v, grad_psi=None, grad_grad=None):
     """Gradients (x, A, b, W, w, alpha) of Σ_b S̄_b v_bᵀ H(x_b) u_b with u, v fixed [n, d].
 
     With ȧ^u_k, ȧ^v_k the tangents along u and v and p_k = ȧ^u_k ⊙ ȧ^v_k, S = α u·v + Σ_k ⟨s_k ⊙ σ''(a_k), p_k⟩:
@@ -159,7 +159,11 @@ def _surrogate_backward(grad_surrogate, x, A, W, alpha, saved, d1, c, u, v):
     - the s recurrence s_{k-1} = (s_k ⊙ σ'_k) W_k, s_{K-1} = w, adjoint upwards (k = 0 → K-1);
     - the tangent chains ȧ_k = (σ'_{k-1} ⊙ ȧ_{k-1}) W_kᵀ + (u, v) A_kᵀ and the primal chain
       a_k = σ(a_{k-1}) W_kᵀ + x A_kᵀ + b_k, adjoints downwards, stacked as [u rows; v rows; x rows]
-      so that each step through W_k and each weight gradient is one GEMM."""
+      so that each step through W_k and each weight gradient is one GEMM.
+    With grad_psi (ψ̄) and grad_grad (ḡ), also the gradients of Σ ψ̄ ψ + Σ ḡ·∇ψ, folded into the
+    same sweeps (icnn_map's backward is not run): ḡ·∇ψ = Σ_k ⟨s_k ⊙ σ'_k, ḡ A_kᵀ⟩ + α x·ḡ adds
+    σ'_k (ḡ A_kᵀ) to the adjoint of s_k and s_k σ''_k (ḡ A_kᵀ) to that of a_k; ψ = wᵀσ(a_{K-1}) + ½α‖x‖²
+    adds ψ̄ w σ'_{K-1} to the adjoint of a_{K-1}."""
     layers, hidden, dim = A.shape
     n = x.shape[0]
     a, s = saved[0], saved[1]
@@ -182,14 +186,21 @@ def _surrogate_backward(grad_surrogate, x, A, W, alpha, saved, d1, c, u, v):
     torch.mul(weighted, tangent[:, n:], out=adjoint[:, :n])
     torch.mul(weighted, tangent[:, :n], out=adjoint[:, n:2 * n])
     torch.mul(s * d2 * (1 - 2 * d1), products, out=adjoint[:, 2 * n:])
+    s_direct = d2 * products  # ∂/∂s_k of the surrogate
+    map_terms = grad_grad is not None
+    if map_terms:
+        input_terms = torch.mm(grad_grad, A_rows.t()).view(n, layers, hidden).transpose(0, 1)  # ḡ A_kᵀ
+        s_direct.addcmul_(d1, input_terms)
+        adjoint[:, 2 * n:].addcmul_(s * d2, input_terms)
+        adjoint[layers - 1, 2 * n:].addcmul_(grad_psi.unsqueeze(1) * w, d1[layers - 1])
     W_bar = torch.empty_like(W)
     # the s recurrence, upwards: t is the adjoint of s_k
-    t = d2[0] * products[0]
+    t = s_direct[0]
     for k in range(1, layers):
         q = torch.mm(t, W[k - 1].t())  # adjoint of s_k ⊙ σ'_k
         torch.mm((s[k] * d1[k]).t(), t, out=W_bar[k - 1])
         adjoint[k, 2 * n:].addcmul_(q, s[k] * d2[k])
-        t = torch.addcmul(d2[k] * products[k], q, d1[k])
+        t = torch.addcmul(s_direct[k], q, d1[k])
     w_bar = t.sum(0)
     # downwards through the tangent and primal chains
     for k in range(layers - 1, 0, -1):
@@ -198,11 +209,18 @@ def _surrogate_backward(grad_surrogate, x, A, W, alpha, saved, d1, c, u, v):
         through = (back[:2 * n] * tangent[k - 1]).view(2, n, hidden).sum(0)
         adjoint[k - 1, :2 * n].view(2, n, hidden).addcmul_(back[:2 * n].view(2, n, hidden), d1[k - 1])
         adjoint[k - 1, 2 * n:].addcmul_(through, d2[k - 1]).addcmul_(back[2 * n:], d1[k - 1])
-    A_bar = torch.bmm(adjoint.transpose(1, 2), inputs.expand(layers, 3 * n, dim))
-    primal = adjoint[:, 2 * n:]  # [K, n, H]
+    if map_terms:  # ∂(ḡ·∇ψ)/∂A_k = (s_k ⊙ σ'_k)ᵀ ḡ, one more block of rows
+        adjoint = torch.cat([adjoint, s * d1], dim=1)
+        inputs = torch.cat([inputs, grad_grad])
+    A_bar = torch.bmm(adjoint.transpose(1, 2), inputs.expand(layers, -1, dim))
+    primal = adjoint[:, 2 * n:3 * n]  # [K, n, H]
     x_bar = torch.bmm(primal, A).sum(0)
     b_bar = primal.sum(1)
     alpha_bar = (grad_surrogate * (u * v).sum(-1)).sum()
+    if map_terms:
+        w_bar.add_(torch.mv(values[layers - 1, 2 * n:].t(), grad_psi))  # Σ ψ̄ z_{K-1}
+        x_bar = x_bar + alpha * torch.addcmul(grad_grad, x, grad_psi.unsqueeze(1))
+        alpha_bar = alpha_bar + (x * torch.addcmul(grad_grad, x, grad_psi.unsqueeze(1), value=0.5)).sum()
     return x_bar, A_bar, b_bar, W_bar, w_bar, alpha_bar
 
 
@@ -252,17 +270,16 @@ def _brenier_surrogate_backward(grad_psi: torch.Tensor, grad_grad: torch.Tensor,
                                 solutions: torch.Tensor) -> list[torch.Tensor]:
     """Gradients for (x, A, b, W, w, alpha): icnn_map's fused backward for (ψ̄, ḡ) plus the
     surrogate's sweep for S̄ (each probe weighted 1/P)."""
-    grads = list(torch.ops.ivae_ext.icnn_map_backward.default(grad_psi, grad_grad, x, A, b, W, w, alpha, saved,
-                                                               [True] * 6))
     count = probes.shape[0]
-    if count:
-        d1, c = _curvature(saved)
-        A_c, W_c = A.contiguous(), W.contiguous()
-        weight = grad_surrogate / count
-        for p in range(count):
-            extra = _surrogate_backward(weight, x, A_c, W_c, alpha, saved, d1, c, solutions[p], probes[p])
-            grads = [total + part for total, part in zip(grads, extra)]
-    return grads
+    d1, c = _curvature(saved)
+    A_c, W_c, x_c = A.contiguous(), W.contiguous(), x.contiguous()
+    weight = grad_surrogate / count
+    grads = _surrogate_backward(weight, x_c, A_c, W_c, w, alpha, saved, d1, c, solutions[0], probes[0], grad_psi,
+                                grad_grad)
+    for p in range(1, count):
+        extra = _surrogate_backward(weight, x_c, A_c, W_c, w, alpha, saved, d1, c, solutions[p], probes[p])
+        grads = [total + part for total, part in zip(grads, extra)]
+    return list(grads)
 
 
 @_brenier_surrogate_backward.register_fake
