@@ -40,7 +40,7 @@ from timing import median_times  # noqa: E402
 
 from ivae_ext import reference  # noqa: E402
 from ivae_ext.experiments.common import write_json  # noqa: E402
-from ivae_ext.ops import brenier_map_logdet, brenier_map_surrogate  # noqa: E402
+from ivae_ext.ops import brenier_map_logdet  # noqa: E402
 from ivae_ext.ops import logdet_surrogate  # noqa: E402
 
 SIZES = [(1024, 16, 64, 4), (256, 64, 128, 4)]
