@@ -206,3 +206,55 @@ def test_example_runs_end_to_end(tmp_path):
     assert math.isfinite(saved["test_nll"]) and saved["test_nll"] == pytest.approx(metrics["test_nll"])
     with open(tmp_path / "flow_2d.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stochastic_training_gradient_estimates_the_exact_one():
+    """logdet="stochastic": in training mode the loss goes through the surrogate (no "nll" term);
+    with many probes its gradient is close to the exact NLL's; in eval mode the loss is exact."""
+    torch.manual_seed(0)
+    flow = ConvexPotentialFlow(3, hidden=8, layers=2, maps=2, strong_convexity=0.5, logdet="stochastic", probes=600,
+                               cg_tol=1e-10, dtype=F64)
+    x = points((16, 3), seed=2)
+    terms = flow.loss({"x": x})
+    assert set(terms) == {"loss", "log_base", "logdet_surrogate", "cg_iterations"}
+    assert 1 <= float(terms["cg_iterations"]) <= 3
+    params = list(flow.parameters())
+    estimate = torch.cat([g.flatten() for g in torch.autograd.grad(terms["loss"], params)])
+    flow.logdet = "exact"
+    exact = torch.cat([g.flatten() for g in torch.autograd.grad(flow.loss({"x": x})["loss"], params)])
+    assert float((estimate - exact).norm() / exact.norm()) < 0.05
+    flow.logdet = "stochastic"
+    flow.eval()
+    with torch.no_grad():
+        evaluated = flow.loss({"x": x})
+    want = -reference_log_prob(flow, x).mean().detach()
+    assert float(evaluated["nll"]) == pytest.approx(float(want), rel=1e-10)
+
+
+def test_auto_follows_the_cost_model():
+    from ivae_ext.ops.logdet_surrogate import stochastic_is_cheaper
+
+    small = ConvexPotentialFlow(2, hidden=8, layers=2, logdet="auto")
+    wide = ConvexPotentialFlow(64, hidden=128, layers=4, logdet="auto")
+    assert not small.uses_surrogate(256) and wide.uses_surrogate(256)
+    assert stochastic_is_cheaper(256, 64, 128, 4, 10) and not stochastic_is_cheaper(256, 2, 8, 2, 2)
+    wide.eval()
+    assert not wide.uses_surrogate(256)  # evaluation is always exact
+
+
+def test_stochastic_flow_fits_two_moons():
+    x = two_moons(512)
+    torch.manual_seed(0)
+    flow = ConvexPotentialFlow(2, hidden=16, layers=2, maps=2, strong_convexity=0.5, logdet="stochastic", dtype=F64)
+    before = float(flow.eval().loss({"x": x})["nll"])
+    fit(flow, x, epochs=6, batch_size=64, lr=1e-2, schedule="none", progress=False)
+    after = float(flow.eval().loss({"x": x})["nll"])
+    assert after < before - 0.1, f"exact NLL {before:.3f} -> {after:.3f}"
+
+
+@pytest.mark.parametrize("kwargs, message", [({"logdet": "cholesky"}, "logdet must be one of"),
+                                             ({"probes": 0}, "probes must be an int >= 1"),
+                                             ({"cg_tol": 0.0}, "cg_tol must be a float > 0")])
+def test_bad_logdet_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ConvexPotentialFlow(2, **kwargs)

@@ -14,6 +14,9 @@ from torch import nn
 from ivae_ext.models.nets import MLP, log_density
 from ivae_ext.nn import BrenierMap
 from ivae_ext.nn.icnn import flatten_points
+from ivae_ext.ops.logdet_surrogate import stochastic_is_cheaper
+
+LOGDET_MODES = ("exact", "stochastic", "auto")
 
 
 def _check_positive_int(owner: str, name: str, value) -> int:
@@ -36,13 +39,21 @@ class ConvexPotentialFlow(nn.Module):
         learn_strong_convexity: learn each α (starting from ``strong_convexity``).
         conditional_dim: size of u; None for an unconditional flow with base N(0, I).
         base_hidden, base_layers: the MLP u ↦ (mean, log-scale) of the conditional base.
+        logdet: how ``loss`` differentiates log det ∇²ψ_m while training (model.train() and grad
+            enabled): "exact" (brenier_map_logdet: the Hessian and its Cholesky factor),
+            "stochastic" (brenier_map_surrogate: CP-Flow's unbiased gradient estimate from
+            ``probes`` Rademacher probes and conjugate gradient to ``cg_tol``; the loss value is
+            then a surrogate, not the NLL) or "auto" (per step, whichever the cost model of
+            ``ivae_ext.ops.logdet_surrogate.stochastic_is_cheaper`` predicts faster on a CPU
+            like this project's, with the CG iterations observed so far). Evaluation
+            (log_prob, forward, and loss in eval mode or without grad) is always exact.
         dtype, device: of the parameters.
     """
 
     def __init__(self, dim: int, hidden: int = 64, layers: int = 3, maps: int = 1,
                  strong_convexity: float = 0.1, learn_strong_convexity: bool = False,
                  conditional_dim: int | None = None, base_hidden: int = 32, base_layers: int = 2,
-                 dtype=None, device=None):
+                 logdet: str = "exact", probes: int = 1, cg_tol: float = 1e-3, dtype=None, device=None):
         super().__init__()
         owner = type(self).__name__
         self.dim = _check_positive_int(owner, "dim", dim)
@@ -52,6 +63,14 @@ class ConvexPotentialFlow(nn.Module):
                              f"got {strong_convexity!r}")
         if conditional_dim is not None:
             _check_positive_int(owner, "conditional_dim", conditional_dim)
+        if logdet not in LOGDET_MODES:
+            raise ValueError(f"{owner}: logdet must be one of {LOGDET_MODES}, got {logdet!r}")
+        _check_positive_int(owner, "probes", probes)
+        if isinstance(cg_tol, bool) or not isinstance(cg_tol, (int, float)) or not 0 < cg_tol < float("inf"):
+            raise ValueError(f"{owner}: cg_tol must be a float > 0, got {cg_tol!r}")
+        self.logdet, self.probes, self.cg_tol = logdet, probes, float(cg_tol)
+        self.hidden, self.layers = hidden, layers
+        self.cg_iterations_seen: float | None = None  # running mean of the surrogate's CG iterations
         self.conditional_dim = conditional_dim
         self.maps = nn.ModuleList(
             BrenierMap(dim, hidden, layers, float(strong_convexity), learn_strong_convexity, dtype=dtype, device=device)
@@ -63,7 +82,8 @@ class ConvexPotentialFlow(nn.Module):
             self.base_net = MLP(conditional_dim, 2 * dim, base_hidden, base_layers).to(dtype=dtype, device=device)
         self.config_ = {"dim": dim, "hidden": hidden, "layers": layers, "maps": maps,
                         "strong_convexity": float(strong_convexity), "learn_strong_convexity": learn_strong_convexity,
-                        "conditional_dim": conditional_dim, "base_hidden": base_hidden, "base_layers": base_layers}
+                        "conditional_dim": conditional_dim, "base_hidden": base_hidden, "base_layers": base_layers,
+                        "logdet": logdet, "probes": probes, "cg_tol": float(cg_tol)}
 
     def config(self) -> dict:
         return dict(self.config_)
@@ -122,10 +142,44 @@ class ConvexPotentialFlow(nn.Module):
         log_base, logdet = self._log_prob_terms(x, u, "log_prob")
         return (log_base + logdet).reshape(x.shape[:-1])
 
+    def uses_surrogate(self, batch_size: int) -> bool:
+        """Whether ``loss`` on a batch of this size trains through the stochastic surrogate now."""
+        if not (self.training and torch.is_grad_enabled()) or self.logdet == "exact":
+            return self.training and torch.is_grad_enabled() and self.logdet == "stochastic"
+        if self.logdet == "stochastic":
+            return True
+        expected = self.cg_iterations_seen if self.cg_iterations_seen is not None else min(self.dim, 10)
+        return stochastic_is_cheaper(batch_size, self.dim, self.hidden, self.layers, expected)
+
+    def _surrogate_terms(self, x: torch.Tensor, u):
+        """(log p_base(y | u) [B], Σ_m surrogate_m [B], mean CG iterations) for x [B, d]."""
+        flat = flatten_points(x, self.dim, f"{type(self).__name__}.loss")
+        flat_u = self._check_u(u, x.shape[:-1], "loss")
+        y, total, iterations = flat, flat.new_zeros(flat.shape[0]), []
+        for brenier in self.maps:
+            y, surrogate, counts = brenier.forward_with_surrogate(y, self.probes, self.cg_tol)
+            total = total + surrogate
+            iterations.append(counts.float().mean())
+        loc, log_scale = self.base_params(flat_u, flat.shape[0])
+        mean_iterations = float(torch.stack(iterations).mean()) if iterations else 0.0
+        seen = self.cg_iterations_seen
+        self.cg_iterations_seen = mean_iterations if seen is None else 0.9 * seen + 0.1 * mean_iterations
+        return log_density(y, loc, log_scale, "gaussian").sum(-1), total, mean_iterations
+
     def loss(self, batch: dict) -> dict:
         """Mean negative log-likelihood of batch["x"] (given batch["u"] if conditional), with its
-        two parts: the base log-density of y and the log-Jacobian-determinant."""
-        log_base, logdet = self._log_prob_terms(batch["x"], batch.get("u"), "loss")
+        two parts: the base log-density of y and the log-Jacobian-determinant. When training
+        through the stochastic surrogate (``logdet``), "loss" is −mean(log p_base + Σ surrogate)
+        — its gradient is the NLL's in expectation, its value is not the NLL — with the terms
+        "log_base", "logdet_surrogate" and "cg_iterations" (no "nll", which would need the exact
+        log det)."""
+        x = batch["x"]
+        if self.uses_surrogate(x.numel() // self.dim if x.dim() else 0):
+            log_base, surrogate, iterations = self._surrogate_terms(x, batch.get("u"))
+            loss = -(log_base + surrogate).mean()
+            return {"loss": loss, "log_base": log_base.mean().detach(), "logdet_surrogate": surrogate.mean().detach(),
+                    "cg_iterations": torch.tensor(iterations)}
+        log_base, logdet = self._log_prob_terms(x, batch.get("u"), "loss")
         nll = -(log_base + logdet).mean()
         return {"loss": nll, "nll": nll.detach(), "log_base": log_base.mean().detach(), "logdet": logdet.mean().detach()}
 

@@ -6,7 +6,7 @@ import torch
 
 from ivae_ext import reference
 from ivae_ext.nn.icnn import ICNN, flatten_points
-from ivae_ext.ops import brenier_map_logdet, icnn_map
+from ivae_ext.ops import brenier_map_logdet, brenier_map_surrogate, icnn_map
 
 
 class BrenierMap(torch.nn.Module):
@@ -33,6 +33,15 @@ class BrenierMap(torch.nn.Module):
         flat = flatten_points(x, self.dim, f"{type(self).__name__}.forward_with_logdet")
         _, grad, logdet = brenier_map_logdet(flat, *self.potential.weights(), check=check)
         return grad.reshape(x.shape), logdet.reshape(x.shape[:-1])
+
+    def forward_with_surrogate(self, x: torch.Tensor, probes: int = 1, tol: float = 1e-3, generator=None):
+        """(∇ψ(x) [..., d], surrogate [...], CG iterations [...]): the map and the stochastic
+        log-det gradient surrogate (ivae_ext.ops.brenier_map_surrogate) — train with its gradient;
+        its value is not log det."""
+        flat = flatten_points(x, self.dim, f"{type(self).__name__}.forward_with_surrogate")
+        _, grad, surrogate, iterations = brenier_map_surrogate(flat, *self.potential.weights(), probes=probes, tol=tol,
+                                                               generator=generator, return_info=True)
+        return grad.reshape(x.shape), surrogate.reshape(x.shape[:-1]), iterations.reshape(x.shape[:-1])
 
     @torch.no_grad()
     def inverse(self, y: torch.Tensor, tol: float = 1e-6, max_iter: int = 50, x0: torch.Tensor | None = None):

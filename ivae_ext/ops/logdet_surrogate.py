@@ -47,10 +47,11 @@ from ivae_ext.ops.icnn_map import (
 _OP = "stochastic_logdet_surrogate"
 # the CPU's tiled solve (csrc/cpu/icnn_cg_tiled.cpp); other devices take _conjugate_gradient
 _HAS_TILED_CG = HAS_FUSED_ICNN and hasattr(torch.ops.ivae_ext, "icnn_conjugate_gradient")
-# Widest H at which the CPU solve takes the tiles, as icnn_map (csrc/cpu/icnn_packing.h): measured
-# (float32, one thread, condition-5 Hessians) the tiled solve is 1.6x the ATen one at H = 64,
-# d = 16 and 0.6x at H = 128, d = 64, where MKL's GEMMs win.
-_TILED_CG_MAX_HIDDEN = 64
+# Widest H at which the CPU solve takes the tiles. Measured (float32, condition-5 Hessians, time of
+# the ATen solve / the tiled one): B = 1024, d = 16, H = 64: 1.7 (1 thread), 1.8 (2 threads);
+# B = 256, d = 64, H = 128: 1.17, 1.23. Wider than this, untested: MKL's GEMMs may win (they do
+# for icnn_map beyond H = 64, csrc/cpu/icnn_packing.h).
+_TILED_CG_MAX_HIDDEN = 128
 
 
 def _uses_tiled_cg(x: torch.Tensor, hidden: int) -> bool:
@@ -167,9 +168,14 @@ def _surrogate_backward(grad_surrogate, x, A, W, w, alpha, saved, d1, c, u, v, g
     layers, hidden, dim = A.shape
     n = x.shape[0]
     a, s = saved[0], saved[1]
+    map_terms = grad_grad is not None
     d2 = d1 * (1 - d1)
+    sd1, sd2 = s * d1, s * d2
     A_rows = A.reshape(layers * hidden, dim)
-    inputs = torch.cat([u, v, x])  # [3n, d]: what A_kᵀ multiplies in the three chains
+    # rows of the stacked chains: [u; v; x] (+ [ḡ] for the map's own terms, whose A-gradient
+    # (s_k ⊙ σ'_k)ᵀ ḡ rides along in the same batched GEMM)
+    inputs = torch.cat([u, v, x, grad_grad] if map_terms else [u, v, x])
+    rows = inputs.shape[0]
     # rows [0, 2n) of `values` hold the tangents ż^u, ż^v of each layer, rows [2n, 3n) z = σ(a)
     values = torch.empty((layers, 3 * n, hidden), dtype=x.dtype, device=x.device)
     tangent = torch.mm(inputs[:2 * n], A_rows.t()).view(2 * n, layers, hidden).transpose(0, 1).contiguous()
@@ -179,41 +185,39 @@ def _surrogate_backward(grad_surrogate, x, A, W, w, alpha, saved, d1, c, u, v, g
         torch.mul(tangent[k].view(2, n, hidden), d1[k], out=values[k, :2 * n].view(2, n, hidden))
     values[:, 2 * n:] = _softplus(a)
     g = grad_surrogate.view(1, n, 1)
-    products = g * tangent[:, :n] * tangent[:, n:]  # [K, n, H]: S̄ p_k
     weighted = c * g
-    # adjoints [ȧ^u; ȧ^v; a] per layer, [K, 3n, H]
-    adjoint = torch.empty_like(values)
+    products = torch.mul(tangent[:, :n], tangent[:, n:]).mul_(g)  # S̄ p_k
+    # adjoints of [ȧ^u; ȧ^v; a] (and the ḡ block) per layer, [K, rows, H]
+    adjoint = torch.empty((layers, rows, hidden), dtype=x.dtype, device=x.device)
     torch.mul(weighted, tangent[:, n:], out=adjoint[:, :n])
     torch.mul(weighted, tangent[:, :n], out=adjoint[:, n:2 * n])
-    torch.mul(s * d2 * (1 - 2 * d1), products, out=adjoint[:, 2 * n:])
+    primal = adjoint[:, 2 * n:3 * n]
+    torch.mul(sd2, products, out=primal)
+    primal.mul_(1 - 2 * d1)  # s σ'''(a) p, with σ''' = σ''(1 - 2σ')
     s_direct = d2 * products  # ∂/∂s_k of the surrogate
-    map_terms = grad_grad is not None
     if map_terms:
+        torch.mul(s, d1, out=adjoint[:, 3 * n:])
         input_terms = torch.mm(grad_grad, A_rows.t()).view(n, layers, hidden).transpose(0, 1)  # ḡ A_kᵀ
         s_direct.addcmul_(d1, input_terms)
-        adjoint[:, 2 * n:].addcmul_(s * d2, input_terms)
-        adjoint[layers - 1, 2 * n:].addcmul_(grad_psi.unsqueeze(1) * w, d1[layers - 1])
+        primal.addcmul_(sd2, input_terms)
+        primal[layers - 1].addcmul_(grad_psi.unsqueeze(1) * w, d1[layers - 1])
     W_bar = torch.empty_like(W)
     # the s recurrence, upwards: t is the adjoint of s_k
     t = s_direct[0]
     for k in range(1, layers):
         q = torch.mm(t, W[k - 1].t())  # adjoint of s_k ⊙ σ'_k
-        torch.mm((s[k] * d1[k]).t(), t, out=W_bar[k - 1])
-        adjoint[k, 2 * n:].addcmul_(q, s[k] * d2[k])
-        t = torch.addcmul(s_direct[k], q, d1[k])
+        torch.mm(sd1[k].t(), t, out=W_bar[k - 1])
+        primal[k].addcmul_(q, sd2[k])
+        t = s_direct[k].addcmul_(q, d1[k])
     w_bar = t.sum(0)
     # downwards through the tangent and primal chains
     for k in range(layers - 1, 0, -1):
-        W_bar[k - 1].addmm_(adjoint[k].t(), values[k - 1])
-        back = torch.mm(adjoint[k], W[k - 1])  # adjoints of [ż^u; ż^v; z] of layer k-1
-        through = (back[:2 * n] * tangent[k - 1]).view(2, n, hidden).sum(0)
+        W_bar[k - 1].addmm_(adjoint[k, :3 * n].t(), values[k - 1])
+        back = torch.mm(adjoint[k, :3 * n], W[k - 1])  # adjoints of [ż^u; ż^v; z] of layer k-1
+        through = back[:2 * n].mul(tangent[k - 1]).view(2, n, hidden).sum(0)
         adjoint[k - 1, :2 * n].view(2, n, hidden).addcmul_(back[:2 * n].view(2, n, hidden), d1[k - 1])
-        adjoint[k - 1, 2 * n:].addcmul_(through, d2[k - 1]).addcmul_(back[2 * n:], d1[k - 1])
-    if map_terms:  # ∂(ḡ·∇ψ)/∂A_k = (s_k ⊙ σ'_k)ᵀ ḡ, one more block of rows
-        adjoint = torch.cat([adjoint, s * d1], dim=1)
-        inputs = torch.cat([inputs, grad_grad])
-    A_bar = torch.bmm(adjoint.transpose(1, 2), inputs.expand(layers, -1, dim))
-    primal = adjoint[:, 2 * n:3 * n]  # [K, n, H]
+        primal[k - 1].addcmul_(through, d2[k - 1]).addcmul_(back[2 * n:], d1[k - 1])
+    A_bar = torch.bmm(adjoint.transpose(1, 2), inputs.expand(layers, rows, dim))
     x_bar = torch.bmm(primal, A).sum(0)
     b_bar = primal.sum(1)
     alpha_bar = (grad_surrogate * (u * v).sum(-1)).sum()
@@ -404,3 +408,31 @@ def stochastic_logdet_surrogate(x, A, b, W, w, alpha=0.0, probes: int = 1, tol: 
     (surrogate, iterations)."""
     out = brenier_map_surrogate(x, A, b, W, w, alpha, probes, tol, max_iter, generator, check, return_info=True)
     return (out[2], out[3]) if return_info else out[2]
+
+
+# ------------------------------------------------------------------------------------------------
+# Which estimator is cheaper: a cost model for ConvexPotentialFlow(logdet="auto")
+
+# Multiply-adds per sample of a training step (forward + backward), from the ops' GEMM sequences:
+# exact — the Jacobian recurrence (K-1)H²d, the Hessian KHd², Cholesky d³/3, about three times
+# over for forward and backward; stochastic — one Hessian-vector product 2(K-1)H² + 2KHd per CG
+# iteration plus about EXTRA_PRODUCTS of them for the forward and the third-order backward.
+# EXACT_EFFICIENCY: how much faster per multiply-add the exact op ran than the stochastic one,
+# measured here (benchmarks/flow_logdet_step.py, float32, 2 threads; see README).
+EXTRA_PRODUCTS = 6.0
+EXACT_EFFICIENCY = 1.0
+
+
+def exact_step_cost(dim: int, hidden: int, layers: int) -> float:
+    return 3.0 * ((layers - 1) * hidden**2 * dim + layers * hidden * dim**2 + dim**3 / 3.0) / EXACT_EFFICIENCY
+
+
+def stochastic_step_cost(dim: int, hidden: int, layers: int, cg_iterations: float) -> float:
+    product = 2.0 * (layers - 1) * hidden**2 + 2.0 * layers * hidden * dim
+    return (cg_iterations + EXTRA_PRODUCTS) * product
+
+
+def stochastic_is_cheaper(batch: int, dim: int, hidden: int, layers: int, cg_iterations: float) -> bool:
+    """Whether a training step through the stochastic surrogate is predicted faster than through
+    the exact log det, per sample (both scale with the batch), given the expected CG iterations."""
+    return stochastic_step_cost(dim, hidden, layers, cg_iterations) < exact_step_cost(dim, hidden, layers)
