@@ -294,8 +294,11 @@ def _brenier_surrogate_backward_fake(grad_psi, grad_grad, grad_surrogate, x, A, 
 
 def _setup_context(ctx, inputs, output):
     x, A, b, W, w, alpha, probes, _tol, _max_iter = inputs
-    _psi, _grad, _surrogate, _iterations, saved, solutions = output
+    _psi, _grad, _surrogate, iterations, saved, solutions = output
     ctx.save_for_backward(x, A, b, W, w, alpha, probes, saved, solutions)
+    # no zero-filled [2, K, B, H] gradient for the saved activations (nor the others) in backward
+    ctx.mark_non_differentiable(iterations, saved, solutions)
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_psi, grad_grad, grad_surrogate, _g_iterations, _g_saved, _g_solutions):
