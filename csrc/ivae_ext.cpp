@@ -39,7 +39,7 @@ TORCH_LIBRARY(ivae_ext, m) {
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Conjugate gradient ∇²ψ(x) u = v for every probe v of probes [P, B, d] (saved: icnn_map's
   // [2, K, B, H]), each row stopped once every residual entry is below tol, at most max_iter
-  // steps: u and residual v - H u [P, B, d], iterations [P, B] int32 (-1: pᵀHp <= 0 met, u NaN).
+  // steps: u and residual v - H u [P, B, d], iterations [P, B] int32 (-1: pᵀHp <= 0 met, -2: NaN met; u NaN).
   // CPU only (other devices: the ATen sequence in ivae_ext/ops/logdet_surrogate.py).
   m.def(
       "icnn_conjugate_gradient(Tensor x, Tensor A, Tensor b, Tensor W, Tensor w, Tensor alpha, "

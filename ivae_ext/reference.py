@@ -120,11 +120,14 @@ def conjugate_gradient(hvp, v, tol: float, max_iter: int):
     iterations = 0
     while iterations < max_iter and not bool((r.abs() < tol).all()):
         hp = hvp(p)
-        step = rr / (p * hp).sum(-1, keepdim=True)
+        # a sample whose residual is exactly 0 stays put (CP-Flow adds 1e-8 to the denominators
+        # instead; here 0/0 must not turn a solved sample into NaN while another one iterates)
+        solved = rr == 0
+        step = torch.where(solved, torch.zeros_like(rr), rr / (p * hp).sum(-1, keepdim=True))
         u = u + step * p
         r = r - step * hp
         rr_next = (r * r).sum(-1, keepdim=True)
-        p = r + (rr_next / rr) * p
+        p = r + torch.where(solved, torch.zeros_like(rr), rr_next / rr) * p
         rr = rr_next
         iterations += 1
     return u, iterations

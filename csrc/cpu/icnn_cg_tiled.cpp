@@ -191,7 +191,7 @@ IVAE_CLONE_INLINE void solve_block(const IcnnPacked<T>& pk, int64_t n, const T* 
         const T nan = std::numeric_limits<T>::quiet_NaN();
         std::fill_n(u, d, nan);
         std::fill_n(r, d, nan);
-        finish(slot, -1);
+        finish(slot, std::isfinite(curvature) ? -1 : -2);
         done = true;
       } else {
         const T step = s.rr[slot] / curvature;

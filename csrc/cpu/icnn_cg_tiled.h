@@ -14,8 +14,8 @@ namespace ivae::cpu {
 // vectors s_k (layer k's rows at + k * layer_stride, row stride H); v [rows, d] the right-hand
 // sides. Writes u [rows, d] (the iterate), residual [rows, d] (v - H u as the recurrence keeps
 // it), iterations [rows]: the count at which every entry of the row's residual fell below tol,
-// max_iter if it never did, -1 if the solve met pᵀHp <= 0 or NaN (Hessian not positive definite
-// or not finite; u and residual NaN). Starts at u = 0.
+// max_iter if it never did, -1 if the solve met pᵀHp <= 0 (not positive definite), -2 if it met
+// NaN (not finite); u and residual NaN for both. Starts at u = 0.
 void icnn_cg_tiled(const IcnnPacked<float>& p, int64_t rows, const float* saved_a, const float* saved_s,
                    int64_t layer_stride, const float* v, float tol, int64_t max_iter, float* u, float* residual,
                    int32_t* iterations);

@@ -23,7 +23,9 @@ the worst one has converged): converged rows leave the batch. Iterations are cap
 (default d, as CP-Flow); a sample that reaches the cap keeps its last iterate, as there.
 A Hessian that is not positive definite (the solve meets pᵀHp ≤ 0) has no log-determinant:
 ``check=True`` raises an error naming the sample; with ``check=False`` that sample's surrogate is
-NaN (and so are the gradients it reaches) and its iteration count is -1.
+NaN (and so are the gradients it reaches) and its iteration count is -1. A Hessian that is not
+finite (NaN in x, or an ICNN overflowing its dtype) gives NaN and -2 and is not an error (NaN
+propagates), as brenier_logdet's status -1.
 
 The Hessian-vector products are GEMMs over the batch (ATen: CPU and CUDA alike); the forward and
 the ψ/∇ψ part of the backward are the fused icnn_map kernels. Under ``use_reference_ops()`` (and
@@ -63,6 +65,7 @@ def _uses_tiled_cg(x: torch.Tensor, hidden: int) -> bool:
         return path == "tiles"
     return hidden <= _TILED_CG_MAX_HIDDEN
 _NOT_POSITIVE_DEFINITE = -1
+_NOT_FINITE = -2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ def _conjugate_gradient(d1, c, A, W, alpha, v, tol: float, max_iter: int):
     whose curvature factors (d1, c) are [K, n, H]. A row stops once every entry of its residual is
     below tol; once a quarter of the rows have stopped, they leave the batch (before that they
     ride along with a zero step: cheaper than compacting every time). A row that meets pᵀHp <= 0
-    (not positive definite, or not finite) gets u = NaN and iterations = -1."""
+    gets u = NaN and iterations = -1 (not positive definite) or -2 (NaN: not finite)."""
     layers, hidden, dim = A.shape
     A_rows = A.reshape(layers * hidden, dim)
     W_t = W.transpose(1, 2).contiguous()
@@ -133,7 +136,8 @@ def _conjugate_gradient(d1, c, A, W, alpha, v, tol: float, max_iter: int):
         if not bool(positive[active].all()):
             bad = active & ~positive
             u.index_fill_(0, rows[bad], float("nan"))
-            iterations.index_fill_(0, rows[bad], _NOT_POSITIVE_DEFINITE)
+            iterations.index_put_((rows[bad],), torch.where(torch.isfinite(curvature[bad]),
+                                                            _NOT_POSITIVE_DEFINITE, _NOT_FINITE).to(torch.int32))
             r[bad] = float("nan")
             active = active & positive
         stopped = active & ~(r.abs() >= tol).any(-1)
@@ -253,8 +257,10 @@ def _brenier_surrogate(x: torch.Tensor, A: torch.Tensor, b: torch.Tensor, W: tor
     # S = (1/P) Σ_p v_pᵀ H u_p, with H u_p = v_p - r_p from the solve's residual
     surrogate = (flat * (flat - residual)).sum(-1).view(count, batch).mean(0)
     iterations = iterations.view(count, batch)
-    flagged = (iterations == _NOT_POSITIVE_DEFINITE).any(0)
-    iterations = torch.where(flagged, torch.full_like(iterations[0], _NOT_POSITIVE_DEFINITE), iterations.amax(0))
+    # over the probes: -1 if any probe met pᵀHp <= 0, else -2 if any met NaN, else the most
+    status = torch.where((iterations == _NOT_POSITIVE_DEFINITE).any(0), _NOT_POSITIVE_DEFINITE,
+                         torch.where((iterations == _NOT_FINITE).any(0), _NOT_FINITE, 0)).to(torch.int32)
+    iterations = torch.where(status < 0, status, iterations.amax(0))
     return psi, grad, surrogate, iterations, saved, u.view(count, batch, dim)
 
 
@@ -360,9 +366,8 @@ def _raise_if_flagged(iterations: torch.Tensor) -> None:
     if count:
         first = int(bad.nonzero()[0, 0])
         raise ValueError(
-            f"{_OP}: the Hessian ∇²ψ(x) is not positive definite or not finite for {count} of {iterations.numel()} "
-            f"samples (first: sample {first}; conjugate gradient met pᵀHp <= 0 or NaN); its log-determinant is "
-            f"undefined there. "
+            f"{_OP}: the Hessian ∇²ψ(x) is not positive definite for {count} of {iterations.numel()} samples "
+            f"(first: sample {first}; conjugate gradient met pᵀHp <= 0); its log-determinant is undefined there. "
             f"Use alpha > 0 and non-negative W, w (ivae_ext.nn.ICNN keeps them so), or pass check=False to get "
             f"NaN for those samples.")
 
@@ -372,7 +377,7 @@ def brenier_map_surrogate(x, A, b, W, w, alpha=0.0, probes: int = 1, tol: float 
     """(ψ(x) [B], ∇ψ(x) [B, d], surrogate [B]) in one pass: what a convex-potential flow trains with
     (see this module's docstring; the surrogate's gradient, not its value, estimates that of
     log det ∇²ψ). With return_info, a fourth output: CG iterations per sample [B] int32 (the most
-    over its probes; -1 where the Hessian is not positive definite).
+    over its probes; -1 where the Hessian is not positive definite, -2 where it is not finite).
 
     Args as :func:`ivae_ext.ops.icnn_map`, and:
         probes: P, Rademacher probes per sample (the gradient's variance falls as 1/P).
@@ -382,21 +387,24 @@ def brenier_map_surrogate(x, A, b, W, w, alpha=0.0, probes: int = 1, tol: float 
         check: raise if some Hessian is not positive definite (else NaN there).
     Differentiable once in every argument; a second backward raises an error.
     """
-    max_iter = _check_options(probes, tol, max_iter, generator, check, return_info, x)
     require_tensors(_OP, _ARG_NAMES, (x, A, b, W, w))
+    max_iter = _check_options(probes, tol, max_iter, generator, check, return_info, x)
     alpha = _alpha_tensor(alpha, x, _OP)
     check_icnn_args(x, A, b, W, w, alpha, _OP)
     if not x.dtype.is_floating_point or x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{_OP}: x must be float32 or float64, got {x.dtype}")
-    if not alpha.requires_grad:
-        _check_alpha_value(alpha.item(), _OP)
+    _check_alpha_value(float(alpha.detach()), _OP)  # here, not in icnn_map's kernel: the error names this op
     v = rademacher_probes(probes, x.shape[0], x.shape[1], x, generator)
     if not HAS_FUSED_ICNN or reference_ops_enabled():
         psi, grad = _reference_icnn_map(x, A, b, W, w, alpha)
         surrogate, count = reference.stochastic_logdet_surrogate(x, A, b, W, w, alpha, v, tol, max_iter)
-        iterations = torch.full((x.shape[0],), count, dtype=torch.int32, device=x.device)
-        bad = ~torch.isfinite(surrogate)
-        iterations = torch.where(bad, torch.full_like(iterations, _NOT_POSITIVE_DEFINITE), iterations)
+        with torch.no_grad():  # the status from the reference Hessian (CP-Flow's CG does not report one)
+            hess = reference.icnn_hessian(x, A, b, W, w, alpha)
+            finite = torch.isfinite(hess).flatten(1).all(-1)
+            positive = torch.linalg.cholesky_ex(torch.where(finite[:, None, None], hess, torch.ones_like(hess)))[1] == 0
+        status = torch.where(~finite, _NOT_FINITE, torch.where(positive, 0, _NOT_POSITIVE_DEFINITE)).to(torch.int32)
+        iterations = torch.where(status < 0, status, torch.full_like(status, count))
+        surrogate = torch.where(status < 0, torch.full_like(surrogate, float("nan")), surrogate)
     else:
         psi, grad, surrogate, iterations, _, _ = _brenier_surrogate(x, A, b, W, w, alpha, v, float(tol), max_iter)
     if check:
