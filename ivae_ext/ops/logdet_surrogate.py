@@ -47,6 +47,8 @@ from ivae_ext.ops.icnn_map import (
 )
 
 _OP = "stochastic_logdet_surrogate"
+_NOT_POSITIVE_DEFINITE = -1  # iteration-count statuses (see the module docstring)
+_NOT_FINITE = -2
 # the CPU's tiled solve (csrc/cpu/icnn_cg_tiled.cpp); other devices take _conjugate_gradient
 _HAS_TILED_CG = HAS_FUSED_ICNN and hasattr(torch.ops.ivae_ext, "icnn_conjugate_gradient")
 # Widest H at which the CPU solve takes the tiles. Measured (float32, condition-5 Hessians, time of
@@ -64,8 +66,6 @@ def _uses_tiled_cg(x: torch.Tensor, hidden: int) -> bool:
     if path in ("aten", "tiles"):
         return path == "tiles"
     return hidden <= _TILED_CG_MAX_HIDDEN
-_NOT_POSITIVE_DEFINITE = -1
-_NOT_FINITE = -2
 
 
 # ------------------------------------------------------------------------------------------------
