@@ -220,10 +220,10 @@ def test_stochastic_training_gradient_estimates_the_exact_one():
     assert 1 <= float(terms["cg_iterations"]) <= 3
     params = list(flow.parameters())
     estimate = torch.cat([g.flatten() for g in torch.autograd.grad(terms["loss"], params)])
-    flow.logdet = "exact"
+    flow.trains_with_surrogate = False
     exact = torch.cat([g.flatten() for g in torch.autograd.grad(flow.loss({"x": x})["loss"], params)])
     assert float((estimate - exact).norm() / exact.norm()) < 0.05
-    flow.logdet = "stochastic"
+    flow.trains_with_surrogate = True
     flow.eval()
     with torch.no_grad():
         evaluated = flow.loss({"x": x})
@@ -236,10 +236,13 @@ def test_auto_follows_the_cost_model():
 
     small = ConvexPotentialFlow(2, hidden=8, layers=2, logdet="auto")
     wide = ConvexPotentialFlow(64, hidden=128, layers=4, logdet="auto")
-    assert not small.uses_surrogate(256) and wide.uses_surrogate(256)
-    assert stochastic_is_cheaper(256, 64, 128, 4, 10) and not stochastic_is_cheaper(256, 2, 8, 2, 2)
+    assert not small.uses_surrogate() and wide.uses_surrogate()
+    assert stochastic_is_cheaper(64, 128, 4, 10) and not stochastic_is_cheaper(2, 8, 2, 2)
     wide.eval()
-    assert not wide.uses_surrogate(256)  # evaluation is always exact
+    assert not wide.uses_surrogate()  # evaluation is always exact
+    wide.train()
+    with torch.no_grad():
+        assert not wide.uses_surrogate()
 
 
 def test_stochastic_flow_fits_two_moons():

@@ -43,10 +43,12 @@ class ConvexPotentialFlow(nn.Module):
             enabled): "exact" (brenier_map_logdet: the Hessian and its Cholesky factor),
             "stochastic" (brenier_map_surrogate: CP-Flow's unbiased gradient estimate from
             ``probes`` Rademacher probes and conjugate gradient to ``cg_tol``; the loss value is
-            then a surrogate, not the NLL) or "auto" (per step, whichever the cost model of
+            then a surrogate, not the NLL) or "auto" (whichever the cost model of
             ``ivae_ext.ops.logdet_surrogate.stochastic_is_cheaper`` predicts faster on a CPU
-            like this project's, with the CG iterations observed so far). Evaluation
-            (log_prob, forward, and loss in eval mode or without grad) is always exact.
+            like this project's for (d, H, K), with min(d, 10) CG iterations expected; decided
+            once, here, so that every step of a run — and every rank of a distributed one —
+            logs the same terms). Evaluation (log_prob, forward, and loss in eval mode or
+            without grad) is always exact.
         dtype, device: of the parameters.
     """
 
@@ -69,8 +71,8 @@ class ConvexPotentialFlow(nn.Module):
         if isinstance(cg_tol, bool) or not isinstance(cg_tol, (int, float)) or not 0 < cg_tol < float("inf"):
             raise ValueError(f"{owner}: cg_tol must be a float > 0, got {cg_tol!r}")
         self.logdet, self.probes, self.cg_tol = logdet, probes, float(cg_tol)
-        self.hidden, self.layers = hidden, layers
-        self.cg_iterations_seen: float | None = None  # running mean of the surrogate's CG iterations
+        self.trains_with_surrogate = logdet == "stochastic" or (
+            logdet == "auto" and stochastic_is_cheaper(dim, hidden, layers, min(dim, 10)))
         self.conditional_dim = conditional_dim
         self.maps = nn.ModuleList(
             BrenierMap(dim, hidden, layers, float(strong_convexity), learn_strong_convexity, dtype=dtype, device=device)
@@ -142,14 +144,9 @@ class ConvexPotentialFlow(nn.Module):
         log_base, logdet = self._log_prob_terms(x, u, "log_prob")
         return (log_base + logdet).reshape(x.shape[:-1])
 
-    def uses_surrogate(self, batch_size: int) -> bool:
-        """Whether ``loss`` on a batch of this size trains through the stochastic surrogate now."""
-        if not (self.training and torch.is_grad_enabled()) or self.logdet == "exact":
-            return self.training and torch.is_grad_enabled() and self.logdet == "stochastic"
-        if self.logdet == "stochastic":
-            return True
-        expected = self.cg_iterations_seen if self.cg_iterations_seen is not None else min(self.dim, 10)
-        return stochastic_is_cheaper(batch_size, self.dim, self.hidden, self.layers, expected)
+    def uses_surrogate(self) -> bool:
+        """Whether ``loss`` trains through the stochastic surrogate now (training mode, grad on)."""
+        return self.trains_with_surrogate and self.training and torch.is_grad_enabled()
 
     def _surrogate_terms(self, x: torch.Tensor, u):
         """(log p_base(y | u) [B], Σ_m surrogate_m [B], mean CG iterations) for x [B, d]."""
@@ -162,8 +159,6 @@ class ConvexPotentialFlow(nn.Module):
             iterations.append(counts.float().mean())
         loc, log_scale = self.base_params(flat_u, flat.shape[0])
         mean_iterations = float(torch.stack(iterations).mean()) if iterations else 0.0
-        seen = self.cg_iterations_seen
-        self.cg_iterations_seen = mean_iterations if seen is None else 0.9 * seen + 0.1 * mean_iterations
         return log_density(y, loc, log_scale, "gaussian").sum(-1), total, mean_iterations
 
     def loss(self, batch: dict) -> dict:
@@ -174,7 +169,7 @@ class ConvexPotentialFlow(nn.Module):
         "log_base", "logdet_surrogate" and "cg_iterations" (no "nll", which would need the exact
         log det)."""
         x = batch["x"]
-        if self.uses_surrogate(x.numel() // self.dim if x.dim() else 0):
+        if self.uses_surrogate():
             log_base, surrogate, iterations = self._surrogate_terms(x, batch.get("u"))
             loss = -(log_base + surrogate).mean()
             return {"loss": loss, "log_base": log_base.mean().detach(), "logdet_surrogate": surrogate.mean().detach(),

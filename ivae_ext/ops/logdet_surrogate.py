@@ -443,7 +443,7 @@ def stochastic_step_cost(dim: int, hidden: int, layers: int, cg_iterations: floa
     return (cg_iterations + EXTRA_PRODUCTS) * product
 
 
-def stochastic_is_cheaper(batch: int, dim: int, hidden: int, layers: int, cg_iterations: float) -> bool:
+def stochastic_is_cheaper(dim: int, hidden: int, layers: int, cg_iterations: float) -> bool:
     """Whether a training step through the stochastic surrogate is predicted faster than through
-    the exact log det, per sample (both scale with the batch), given the expected CG iterations."""
+    the exact log det, given the expected CG iterations (per sample: both scale with the batch)."""
     return stochastic_step_cost(dim, hidden, layers, cg_iterations) < exact_step_cost(dim, hidden, layers)
