@@ -129,9 +129,9 @@ constexpr int64_t kMinJacobianBlockRows = 32;
 
 using SevenTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-SevenTensors brenier_logdet_aten_path(const IcnnArgs& args, bool keep_for_backward) {
+SevenTensors brenier_logdet_aten_path(const IcnnArgs& args, bool keep_for_backward, bool low_rank) {
   const int64_t B = args.batch;
-  const logdet::ForwardOutputs out = logdet::allocate_outputs(args, keep_for_backward);
+  const logdet::ForwardOutputs out = logdet::allocate_outputs(args, keep_for_backward, low_rank);
   // One block per thread: the map's forward pass over the block, then the Jacobian / Hessian part
   // over sub-blocks small enough for their Jacobians to stay in cache. One parallel region: no
   // barrier between the two.
@@ -148,7 +148,8 @@ SevenTensors brenier_logdet_aten_path(const IcnnArgs& args, bool keep_for_backwa
       const auto [first, last] = block_rows(n, parts, j);
       const int64_t r = begin + first, m = last - first;
       logdet::ForwardOutputs rows{out.psi.narrow(0, r, m), out.grad.narrow(0, r, m), out.logdet.narrow(0, r, m),
-                                  out.info.narrow(0, r, m), out.saved.narrow(2, r, m), at::Tensor(), at::Tensor()};
+                                  out.info.narrow(0, r, m), out.saved.narrow(2, r, m), at::Tensor(), at::Tensor(),
+                                  low_rank};
       if (keep_for_backward) {
         rows.jac = out.jac.narrow(0, r, m);
         rows.minv = out.minv.narrow(0, r, m);
@@ -163,9 +164,10 @@ SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const 
                                 const at::Tensor& w, const at::Tensor& alpha, bool keep_for_backward) {
   const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha, "brenier_logdet");
   check_cpu_floating(args.x);
-  if (aten_path_requested()) return brenier_logdet_aten_path(args, keep_for_backward);
+  const bool low_rank = logdet::low_rank_form(args);
+  if (aten_path_requested()) return brenier_logdet_aten_path(args, keep_for_backward, low_rank);
   const int64_t B = args.batch, d = args.dim, H = args.hidden, width = args.layers * H;
-  const logdet::ForwardOutputs out = logdet::allocate_outputs(args, keep_for_backward);
+  const logdet::ForwardOutputs out = logdet::allocate_outputs(args, keep_for_backward, low_rank);
   AT_DISPATCH_FLOATING_TYPES(args.x.scalar_type(), "brenier_logdet_cpu", [&] {
     const IcnnPacked<scalar_t> packed = pack_args<scalar_t>(args);
     const scalar_t* xp = args.x.const_data_ptr<scalar_t>();
@@ -181,7 +183,8 @@ SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const 
       const auto [begin, end] = block_rows(B, blocks, i);
       brenier_tiled_logdet(packed, end - begin, xp + begin * d, psi + begin, grad + begin * d, saved_a + begin * H,
                            saved_s + begin * H, B * H, logdet + begin, info + begin,
-                           jac ? jac + begin * d * width : nullptr, minv ? minv + begin * d * d : nullptr);
+                           jac ? jac + begin * d * width : nullptr, minv ? minv + begin * d * d : nullptr,
+                           low_rank);
     });
   });
   return {out.psi, out.grad, out.logdet, out.info, out.saved, out.jac, out.minv};

@@ -133,6 +133,50 @@ IVAE_CLONE_INLINE void hessian_logdet(int64_t batch, int64_t dim, int64_t layers
   }
 }
 
+// The low-rank form per group of kLanes samples: each sample's Jᵀ C½ transposed into r = K*H rows
+// of d values, their products (hessian_lower with unit weights) into the lanes, then the same
+// shifted factorisation, logdet and inverse as hessian_logdet, of Cap = αI_r + C½ J Jᵀ C½.
+template <typename T>
+IVAE_CLONE_INLINE void low_rank_logdet(int64_t batch, int64_t dim, int64_t layers, int64_t hidden, const T* jac,
+                                       const T* c, int64_t layer_stride, T alpha, T* logdet, int32_t* info, T* minv) {
+  constexpr int L = kLanes<T>;
+  const int64_t r = layers * hidden, rr = r * r;
+  std::vector<T> rows(r * dim), ones(dim, T(1)), scaled(4 * dim), cap(rr), lanes(rr * L), scratch(minv ? rr * L : 0),
+      inv(minv ? rr * L : 0), root(r);
+  int32_t status[L];
+  T lane_logdet[L];
+  const T rest = static_cast<T>(dim - r) * std::log(alpha);
+  for (int64_t g = 0; g < batch; g += L) {
+    const int64_t m = std::min<int64_t>(L, batch - g);
+    for (int64_t l = 0; l < L; ++l) {
+      if (l < m) {
+        const T* J = jac + (g + l) * dim * r;
+        for (int64_t k = 0; k < layers; ++k) {
+          for (int64_t h = 0; h < hidden; ++h) root[k * hidden + h] = std::sqrt(c[k * layer_stride + (g + l) * hidden + h]);
+        }
+        for (int64_t e = 0; e < r; ++e) {
+          for (int64_t j = 0; j < dim; ++j) rows[e * dim + j] = J[j * r + e] * root[e];
+        }
+        hessian_lower(r, 1, dim, rows.data(), ones.data(), 0, scaled.data(), cap.data());
+      }
+      for (int64_t i = 0; i < r; ++i) {
+        for (int64_t j = 0; j <= i; ++j) lanes[(i * r + j) * L + l] = l < m ? cap[i * r + j] : T(i == j);
+      }
+    }
+    shifted_logdet_and_inverse_lanes<T, L>(lanes.data(), r, alpha, status, lane_logdet,
+                                           minv ? scratch.data() : nullptr, minv ? inv.data() : nullptr);
+    for (int64_t l = 0; l < m; ++l) {
+      info[g + l] = status[l];
+      logdet[g + l] = lane_logdet[l] + rest;
+      if (!minv) continue;
+      T* out = minv + (g + l) * dim * dim;
+      for (int64_t i = 0; i < r; ++i) {
+        for (int64_t j = 0; j < r; ++j) out[i * dim + j] = inv[(i * r + j) * L + l];
+      }
+    }
+  }
+}
+
 // P = Hess̄ Jᵀ for one sample, Hess̄ = ω̄ M: four rows of P by 32 columns at a time, accumulated over
 // the d rows of Jᵀ in registers (each loaded Jᵀ element feeds four multiply-adds).
 template <typename T>
@@ -255,6 +299,12 @@ IVAE_CLONE_INLINE void jacobian_adjoint(int64_t batch, int64_t dim, int64_t hidd
                                                    int64_t layer_stride, T alpha, T* logdet,       \
                                                    int32_t* info, T* minv) {                       \
     hessian_logdet(batch, dim, layers, hidden, jac, c, layer_stride, alpha, logdet, info, minv);   \
+  }                                                                                                \
+  IVAE_CPU_CLONES void brenier_low_rank_logdet_rows(int64_t batch, int64_t dim, int64_t layers,    \
+                                                    int64_t hidden, const T* jac, const T* c,      \
+                                                    int64_t layer_stride, T alpha, T* logdet,      \
+                                                    int32_t* info, T* minv) {                      \
+    low_rank_logdet(batch, dim, layers, hidden, jac, c, layer_stride, alpha, logdet, info, minv);  \
   }                                                                                                \
   IVAE_CPU_CLONES void brenier_hessian_adjoint_rows(int64_t batch, int64_t dim, int64_t layers,    \
                                                     int64_t hidden, const T* jac, const T* minv,   \

@@ -17,6 +17,12 @@ namespace ivae::cpu {
   void brenier_hessian_logdet_rows(int64_t batch, int64_t dim, int64_t layers, int64_t hidden,      \
                                    const T* jac, const T* c, int64_t layer_stride, T alpha,         \
                                    T* logdet, int32_t* info, T* minv);                              \
+  /* The low-rank form (ops/brenier_logdet.h), K*H < dim, alpha > 0, c >= 0: per sample          \
+     Cap = αI + C½ J Jᵀ C½ (K*H x K*H), Cholesky, logdet = log det Cap + (dim − K*H) log α, info    \
+     and, if minv is not null, Cap⁻¹ into each sample's [dim, dim] block (row stride dim). */       \
+  void brenier_low_rank_logdet_rows(int64_t batch, int64_t dim, int64_t layers, int64_t hidden,     \
+                                    const T* jac, const T* c, int64_t layer_stride, T alpha,        \
+                                    T* logdet, int32_t* info, T* minv);                             \
   /* Per sample: P = ω̄ minv Jᵀ; c_bar = Σ_j Jᵀ ⊙ P; p = 2 P diag(c). */                              \
   void brenier_hessian_adjoint_rows(int64_t batch, int64_t dim, int64_t layers, int64_t hidden,     \
                                     const T* jac, const T* minv, const T* grad_logdet, const T* c,  \

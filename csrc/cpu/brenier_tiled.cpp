@@ -36,7 +36,8 @@ int64_t workspace_size(const IcnnPacked<T>& p, int64_t n, bool own_jacobian) {
 
 template <typename T>
 IVAE_CLONE_INLINE void logdet_block(const IcnnPacked<T>& p, int64_t n, const T* saved_a, const T* saved_s,
-                                    int64_t layer_stride, T* logdet, int32_t* info, T* jac, T* minv, T* ws) {
+                                    int64_t layer_stride, T* logdet, int32_t* info, T* jac, T* minv, bool low_rank,
+                                    T* ws) {
   const int64_t K = p.layers, H = p.hidden, d = p.dim, hp = p.hp, width = K * H;
   T* d1 = ws;
   T* c = d1 + K * n * hp;
@@ -119,12 +120,17 @@ IVAE_CLONE_INLINE void logdet_block(const IcnnPacked<T>& p, int64_t n, const T* 
     });
     std::swap(operand, next);
   }
-  brenier_hessian_logdet_rows(n, d, K, H, jac, c, n * H, p.alpha, logdet, info, minv);
+  if (low_rank) {
+    brenier_low_rank_logdet_rows(n, d, K, H, jac, c, n * H, p.alpha, logdet, info, minv);
+  } else {
+    brenier_hessian_logdet_rows(n, d, K, H, jac, c, n * H, p.alpha, logdet, info, minv);
+  }
 }
 
 template <typename T>
 IVAE_CLONE_INLINE void logdet_rows(const IcnnPacked<T>& p, int64_t rows, const T* x, T* psi, T* grad, T* saved_a,
-                                   T* saved_s, int64_t layer_stride, T* logdet, int32_t* info, T* jac, T* minv) {
+                                   T* saved_s, int64_t layer_stride, T* logdet, int32_t* info, T* jac, T* minv,
+                                   bool low_rank) {
   const bool own_jacobian = jac == nullptr;
   const int64_t per_sample = workspace_size(p, 1, true) * static_cast<int64_t>(sizeof(T));
   // At least kMinJacobianRows GEMM rows (samples x d) per sub-block: below that the tiles' fixed
@@ -138,7 +144,7 @@ IVAE_CLONE_INLINE void logdet_rows(const IcnnPacked<T>& p, int64_t rows, const T
     icnn_tiled_forward(p, n, x + r * d, psi + r, grad + r * d, saved_a + r * H, saved_s + r * H, layer_stride);
     T* jac_block = own_jacobian ? ws + workspace_size(p, n, false) : jac + r * d * width;
     logdet_block(p, n, saved_a + r * H, saved_s + r * H, layer_stride, logdet + r, info + r, jac_block,
-                 minv ? minv + r * d * d : nullptr, ws);
+                 minv ? minv + r * d * d : nullptr, low_rank, ws);
   }
 }
 
@@ -147,8 +153,8 @@ IVAE_CLONE_INLINE void logdet_rows(const IcnnPacked<T>& p, int64_t rows, const T
 #define IVAE_BRENIER_TILED_FOR(T)                                                                            \
   IVAE_CPU_CLONES void brenier_tiled_logdet(const IcnnPacked<T>& p, int64_t rows, const T* x, T* psi,        \
                                             T* grad, T* saved_a, T* saved_s, int64_t layer_stride,           \
-                                            T* logdet, int32_t* info, T* jac, T* minv) {                     \
-    logdet_rows(p, rows, x, psi, grad, saved_a, saved_s, layer_stride, logdet, info, jac, minv);             \
+                                            T* logdet, int32_t* info, T* jac, T* minv, bool low_rank) {      \
+    logdet_rows(p, rows, x, psi, grad, saved_a, saved_s, layer_stride, logdet, info, jac, minv, low_rank);   \
   }
 
 IVAE_BRENIER_TILED_FOR(float)

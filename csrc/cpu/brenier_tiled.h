@@ -12,11 +12,12 @@ namespace ivae::cpu {
 
 // As icnn_tiled_forward, plus logdet [rows] and info [rows]; jac [rows, d, K*H] and minv
 // [rows, d, d] are written when not null (kept for the backward), else jac goes to a workspace.
+// low_rank: the low-rank form (ops/brenier_logdet.h), minv's top-left K*H x K*H block written.
 void brenier_tiled_logdet(const IcnnPacked<float>& p, int64_t rows, const float* x, float* psi, float* grad,
                           float* saved_a, float* saved_s, int64_t layer_stride, float* logdet, int32_t* info,
-                          float* jac, float* minv);
+                          float* jac, float* minv, bool low_rank);
 void brenier_tiled_logdet(const IcnnPacked<double>& p, int64_t rows, const double* x, double* psi, double* grad,
                           double* saved_a, double* saved_s, int64_t layer_stride, double* logdet, int32_t* info,
-                          double* jac, double* minv);
+                          double* jac, double* minv, bool low_rank);
 
 }  // namespace ivae::cpu

@@ -44,15 +44,10 @@ void jacobian_step(const at::Tensor& gemm_out, const at::Tensor& At_k, const at:
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// c [K, B, H] as one row of K*H values per sample, to scale a [B, d, K*H] Jacobian.
-at::Tensor per_sample_columns(const at::Tensor& c) {
-  return c.permute({1, 0, 2}).reshape({c.size(1), 1, c.size(0) * c.size(2)});
-}
-
 // The Hessian products go to cuBLAS (batched GEMM), the factorisation to a per-sample kernel.
 void hessian_logdet(const at::Tensor& jac, const at::Tensor& c, const at::Tensor& alpha, const at::Tensor& logdet,
                     const at::Tensor& info, const at::Tensor& minv) {
-  at::Tensor hess = at::bmm(jac * per_sample_columns(c), jac.transpose(1, 2));
+  at::Tensor hess = at::bmm(jac * ivae::logdet::per_sample_columns(c), jac.transpose(1, 2));
   AT_DISPATCH_FLOATING_TYPES(hess.scalar_type(), "brenier_hessian_logdet_cuda", [&] {
     launch_hessian_logdet<scalar_t>(hess.size(0), hess.size(1), hess.mutable_data_ptr<scalar_t>(),
                                     alpha.const_data_ptr<scalar_t>(), logdet.mutable_data_ptr<scalar_t>(),
@@ -119,7 +114,7 @@ SevenTensors brenier_logdet_cuda(const at::Tensor& x, const at::Tensor& A, const
   const IcnnArgs args = parse_icnn_args(x, A, b, W, w, alpha, "brenier_logdet");
   check_cuda_floating(args.x);
   const c10::cuda::CUDAGuard guard(x.device());
-  const ivae::logdet::ForwardOutputs out = ivae::logdet::allocate_outputs(args, keep_for_backward);
+  const ivae::logdet::ForwardOutputs out = ivae::logdet::allocate_outputs(args, keep_for_backward, ivae::logdet::low_rank_form(args));
   ivae::logdet::ForwardOutputs run = out;
   if (!keep_for_backward) run.jac = run.minv = at::Tensor();  // nothing kept: scratch instead
   ivae::logdet::forward_into(kCudaKernels, ivae::cuda::icnn::kCudaElementwise, args, run);

@@ -2,11 +2,24 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/addmm.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/cholesky_inverse.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/eye.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/linalg_cholesky_ex.h>
+#include <ATen/ops/logical_and.h>
+#include <ATen/ops/min.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
 
 #include "common/scratch.h"
 
@@ -23,15 +36,67 @@ at::Tensor layer_rows(const at::Tensor& all, int64_t k, int64_t hidden) {
   return all.view({-1, all.size(2)}).narrow(1, k * hidden, hidden);
 }
 
+// Cap⁻¹, the top-left r x r block of a low-rank form's minv.
+at::Tensor capacitance_inverse(const at::Tensor& minv, int64_t rank) {
+  return minv.narrow(1, 0, rank).narrow(2, 0, rank);
+}
+
+bool full_form_requested() {
+  const char* form = std::getenv("IVAE_LOGDET_FORM");
+  if (form == nullptr || std::string(form) == "auto") return false;
+  TORCH_CHECK_VALUE(std::string(form) == "full", "brenier_logdet: the environment variable IVAE_LOGDET_FORM must be ",
+                    "'auto' or 'full', got '", form, "'");
+  return true;
+}
+
 }  // namespace
 
-ForwardOutputs allocate_outputs(const IcnnArgs& a, bool keep_for_backward) {
+bool low_rank_form(const IcnnArgs& a) {
+  if (a.layers * a.hidden >= a.dim || full_form_requested()) return false;
+  if (!(a.alpha.item<double>() > 0)) return false;
+  // One host read on CUDA for both signs (NaN weights fail the test: the d x d form then runs).
+  at::Tensor non_negative = at::min(a.w) >= 0;
+  if (a.W.numel() > 0) non_negative = at::logical_and(non_negative, at::min(a.W) >= 0);
+  return non_negative.item<bool>();
+}
+
+at::Tensor per_sample_columns(const at::Tensor& c) {
+  return c.permute({1, 0, 2}).reshape({c.size(1), 1, c.size(0) * c.size(2)});
+}
+
+ForwardOutputs allocate_outputs(const IcnnArgs& a, bool keep_for_backward, bool low_rank) {
   const int64_t B = a.batch, d = a.dim, K = a.layers, H = a.hidden, kept = keep_for_backward ? B : 0;
   const auto opts = a.x.options();
-  return {at::empty({B}, opts),         at::empty({B, d}, opts),
-          at::empty({B}, opts),         at::empty({B}, opts.dtype(at::kInt)),
-          at::empty({2, K, B, H}, opts), at::empty({kept, d, K * H}, opts),
-          at::empty({kept, d, d}, opts)};
+  return {at::empty({B}, opts),
+          at::empty({B, d}, opts),
+          at::empty({B}, opts),
+          at::empty({B}, opts.dtype(at::kInt)),
+          at::empty({2, K, B, H}, opts),
+          at::empty({kept, d, K * H}, opts),
+          low_rank ? at::zeros({kept, d, d}, opts) : at::empty({kept, d, d}, opts),
+          low_rank};
+}
+
+void low_rank_logdet(const at::Tensor& jac, const at::Tensor& c, double alpha, const at::Tensor& logdet,
+                     const at::Tensor& info, const at::Tensor& minv) {
+  const int64_t B = jac.size(0), d = jac.size(1), r = jac.size(2);
+  const at::Tensor scaled = jac * per_sample_columns(c).sqrt();  // Jᵀ C½, [B, d, r]
+  at::Tensor cap = at::bmm(scaled.transpose(1, 2), scaled);       // C½ J Jᵀ C½
+  cap.diagonal(0, 1, 2).add_(alpha);
+  const at::Tensor finite = cap.isfinite().flatten(1).all(-1);
+  auto [factor, status] = at::linalg_cholesky_ex(cap);
+  status = at::where(finite, status, at::full_like(status, -1));
+  const at::Tensor ok = status == 0;
+  const at::Tensor value = factor.diagonal(0, 1, 2).log().sum(-1).mul(2).add((d - r) * std::log(alpha));
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  logdet.copy_(at::where(ok, value, at::full_like(value, nan)));
+  info.copy_(status);
+  if (!minv.defined() || B == 0) return;
+  // A failed sample's partial factor could be singular: invert the identity there, report NaN.
+  const at::Tensor eye = at::eye(r, factor.options()).expand({B, r, r});
+  const at::Tensor ok3 = ok.view({B, 1, 1});
+  const at::Tensor inverse = at::cholesky_inverse(at::where(ok3, factor, eye));
+  capacitance_inverse(minv, r).copy_(at::where(ok3, inverse, at::full_like(inverse, nan)));
 }
 
 void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a,
@@ -63,8 +128,30 @@ void logdet_into(const Kernels& kernels, const icnn::Elementwise& ew, const Icnn
     kernels.jacobian_step(gemm_out, At[k], d1[k], layer_block(jac, k, H),
                           k + 1 < K ? next : at::Tensor());
   }
-  kernels.hessian_logdet(jac, c, a.alpha, out.logdet, out.info, out.minv);
+  if (out.low_rank) {
+    low_rank_logdet(jac, c, a.alpha.item<double>(), out.logdet, out.info, out.minv);
+  } else {
+    kernels.hessian_logdet(jac, c, a.alpha, out.logdet, out.info, out.minv);
+  }
 }
+
+namespace {
+
+// The low-rank form's hessian_adjoint (Kernels::hessian_adjoint's contract) with ATen calls:
+// P = ω̄ Hess⁻¹ Jᵀ = (ω̄/α) (Jᵀ − Jᵀ C½ Cap⁻¹ C½ J Jᵀ), c̄ = Σ_j Jᵀ ⊙ P, J̄ᵀ = 2 P diag(c).
+void low_rank_adjoint(const at::Tensor& jac, const at::Tensor& minv, const at::Tensor& grad_logdet,
+                      const at::Tensor& c, double alpha, const at::Tensor& p, const at::Tensor& c_bar) {
+  const int64_t B = jac.size(0), r = jac.size(2), K = c.size(0), H = c.size(2);
+  const at::Tensor columns = per_sample_columns(c);
+  const at::Tensor scaled = jac * columns.sqrt();
+  const at::Tensor v = at::bmm(capacitance_inverse(minv, r), at::bmm(scaled.transpose(1, 2), jac));
+  const at::Tensor P = (jac - at::bmm(scaled, v)) * (grad_logdet / alpha).view({B, 1, 1});
+  c_bar.copy_((jac * P).sum(1).view({B, K, H}).permute({1, 0, 2}));
+  at::Tensor p_out = p;
+  at::mul_out(p_out, P, columns * 2);
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const Kernels& kernels, const icnn::Elementwise& ew, const at::Tensor& grad_logdet, const IcnnArgs& a,
@@ -81,7 +168,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor s = saved[1];
   ew.softplus_all(saved[0], z, d1, d2);
   at::mul_out(c, s, d2);
-  kernels.hessian_adjoint(jac, minv, grad_logdet.contiguous(), c, p, c_bar);
+  const bool low_rank = low_rank_form(a);
+  const double alpha_value = a.alpha.item<double>();
+  if (low_rank) {
+    low_rank_adjoint(jac, minv, grad_logdet, c, alpha_value, p, c_bar);
+  } else {
+    kernels.hessian_adjoint(jac, minv, grad_logdet.contiguous(), c, p, c_bar);
+  }
 
   at::Tensor A_bar = at::zeros({K, H, d}, opts), W_bar = at::zeros({K - 1, H, H}, opts);
   a_bar.zero_();
@@ -124,7 +217,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   if (mask[2]) b_bar = a_bar.sum(1);
   if (mask[4]) w_bar = s_bar[K - 1].sum(0);
-  if (mask[5]) alpha_bar = (minv.diagonal(0, 1, 2).sum(-1) * grad_logdet).sum();  // tr(Hess̄)
+  if (mask[5]) {  // tr(Hess̄) = ω̄ tr(Hess⁻¹)
+    const at::Tensor trace =
+        low_rank ? capacitance_inverse(minv, K * H).diagonal(0, 1, 2).sum(-1) + double(d - K * H) / alpha_value
+                 : minv.diagonal(0, 1, 2).sum(-1);
+    alpha_bar = (trace * grad_logdet).sum();
+  }
   const auto or_empty = [&](const at::Tensor& t, bool wanted) { return wanted && t.defined() ? t : at::empty({0}, opts); };
   return {or_empty(x_bar, mask[0]), or_empty(A_bar, mask[1]), or_empty(b_bar, mask[2]),
           or_empty(W_bar, mask[3]), or_empty(w_bar, mask[4]), or_empty(alpha_bar, mask[5])};

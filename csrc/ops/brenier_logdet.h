@@ -41,15 +41,36 @@ struct Kernels {
                            const at::Tensor& a_bar_prev);
 };
 
+// The low-rank (Woodbury) form. The Hessian αI_d + Jᵀ C J (J = [J_0; …; J_{K-1}], [r, d] with
+// r = K*H, C = diag(c)) has rank ≤ r above αI, so
+//   det Hess = α^(d−r) det(αI_r + C½ J Jᵀ C½)          (the r x r "capacitance" matrix)
+//   Hess⁻¹ Jᵀ = α⁻¹ (Jᵀ − Jᵀ C½ Cap⁻¹ C½ J Jᵀ),  tr Hess⁻¹ = (d − r)/α + tr Cap⁻¹,
+// O(d r² + r³) per sample instead of O(d² r + d³). Taken when r < d, α > 0 and W, w >= 0 (then
+// c = s ⊙ σ''(a) >= 0, so C½ is real and Cap >= αI is positive definite), unless the environment
+// variable IVAE_LOGDET_FORM=full asks for the d x d form. The statuses are then Cap's (0, -1 for
+// non-finite, k > 0 only if rounding breaks Cap >= αI). minv keeps its [B, d, d] shape (shapes must
+// not depend on values) and holds Cap⁻¹ in its top-left r x r block, zeros elsewhere.
+bool low_rank_form(const IcnnArgs& a);
+
+// c [K, B, H] as [B, 1, K*H]: one row of K*H values per sample, to scale a [B, d, K*H] Jacobian.
+at::Tensor per_sample_columns(const at::Tensor& c);
+
 // Outputs of the forward for a block of rows (views of the op's outputs).
 struct ForwardOutputs {
   at::Tensor psi, grad, logdet, info, saved;  // [B], [B, d], [B], int32 [B], [2, K, B, H]
   at::Tensor jac, minv;                       // [B, d, K*H], [B, d, d]; undefined: not kept
+  bool low_rank = false;                      // the form of low_rank_form (minv's content)
 };
 
 // The op's outputs, allocated: jac and minv have B rows if keep_for_backward, else 0 (the op
-// returns them either way; pass them to forward_into / logdet_into only when kept).
-ForwardOutputs allocate_outputs(const IcnnArgs& a, bool keep_for_backward);
+// returns them either way; pass them to forward_into / logdet_into only when kept). low_rank:
+// minv is zero-filled (only its top-left block is written).
+ForwardOutputs allocate_outputs(const IcnnArgs& a, bool keep_for_backward, bool low_rank);
+
+// The low-rank form's Hessian step with ATen calls (any device): logdet, info and, if minv is
+// defined, Cap⁻¹ into minv's top-left block. jac [B, d, K*H], c [K, B, H] contiguous.
+void low_rank_logdet(const at::Tensor& jac, const at::Tensor& c, double alpha, const at::Tensor& logdet,
+                     const at::Tensor& info, const at::Tensor& minv);
 
 void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a,
                   const ForwardOutputs& out);
@@ -62,7 +83,7 @@ void logdet_into(const Kernels& kernels, const icnn::Elementwise& ew, const Icnn
                  const ForwardOutputs& out);
 
 // Gradients of Σ_b grad_logdet_b · logdet_b for (x, A, b, W, w, alpha) where output_mask says so
-// (else empty tensors).
+// (else empty tensors). minv is read as the forward wrote it, in the form low_rank_form(a) gives.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const Kernels& kernels, const icnn::Elementwise& ew, const at::Tensor& grad_logdet, const IcnnArgs& a,
     const at::Tensor& saved, const at::Tensor& jac, const at::Tensor& minv, std::array<bool, 6> output_mask);
