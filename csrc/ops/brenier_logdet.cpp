@@ -52,7 +52,7 @@ bool full_form_requested() {
 }  // namespace
 
 bool low_rank_form(const IcnnArgs& a) {
-  if (a.layers * a.hidden >= a.dim || full_form_requested()) return false;
+  if (2 * a.layers * a.hidden > a.dim || full_form_requested()) return false;
   if (!(a.alpha.item<double>() > 0)) return false;
   // One host read on CUDA for both signs (NaN weights fail the test: the d x d form then runs).
   at::Tensor non_negative = at::min(a.w) >= 0;
@@ -135,10 +135,6 @@ void logdet_into(const Kernels& kernels, const icnn::Elementwise& ew, const Icnn
   }
 }
 
-namespace {
-
-// The low-rank form's hessian_adjoint (Kernels::hessian_adjoint's contract) with ATen calls:
-// P = ω̄ Hess⁻¹ Jᵀ = (ω̄/α) (Jᵀ − Jᵀ C½ Cap⁻¹ C½ J Jᵀ), c̄ = Σ_j Jᵀ ⊙ P, J̄ᵀ = 2 P diag(c).
 void low_rank_adjoint(const at::Tensor& jac, const at::Tensor& minv, const at::Tensor& grad_logdet,
                       const at::Tensor& c, double alpha, const at::Tensor& p, const at::Tensor& c_bar) {
   const int64_t B = jac.size(0), r = jac.size(2), K = c.size(0), H = c.size(2);
@@ -150,8 +146,6 @@ void low_rank_adjoint(const at::Tensor& jac, const at::Tensor& minv, const at::T
   at::Tensor p_out = p;
   at::mul_out(p_out, P, columns * 2);
 }
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
     const Kernels& kernels, const icnn::Elementwise& ew, const at::Tensor& grad_logdet, const IcnnArgs& a,
@@ -171,7 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const bool low_rank = low_rank_form(a);
   const double alpha_value = a.alpha.item<double>();
   if (low_rank) {
-    low_rank_adjoint(jac, minv, grad_logdet, c, alpha_value, p, c_bar);
+    low_rank_adjoint(jac, minv, grad_logdet.contiguous(), c, alpha_value, p, c_bar);
   } else {
     kernels.hessian_adjoint(jac, minv, grad_logdet.contiguous(), c, p, c_bar);
   }

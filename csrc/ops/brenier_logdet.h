@@ -45,11 +45,12 @@ struct Kernels {
 // r = K*H, C = diag(c)) has rank ≤ r above αI, so
 //   det Hess = α^(d−r) det(αI_r + C½ J Jᵀ C½)          (the r x r "capacitance" matrix)
 //   Hess⁻¹ Jᵀ = α⁻¹ (Jᵀ − Jᵀ C½ Cap⁻¹ C½ J Jᵀ),  tr Hess⁻¹ = (d − r)/α + tr Cap⁻¹,
-// O(d r² + r³) per sample instead of O(d² r + d³). Taken when r < d, α > 0 and W, w >= 0 (then
-// c = s ⊙ σ''(a) >= 0, so C½ is real and Cap >= αI is positive definite), unless the environment
-// variable IVAE_LOGDET_FORM=full asks for the d x d form. The statuses are then Cap's (0, -1 for
-// non-finite, k > 0 only if rounding breaks Cap >= αI). minv keeps its [B, d, d] shape (shapes must
-// not depend on values) and holds Cap⁻¹ in its top-left r x r block, zeros elsewhere.
+// O(d r² + r³) per sample instead of O(d² r + d³). Taken when 2r <= d (for d/2 < r < d it measured
+// no faster on the CPU, forward + backward: benchmarks/logdet_low_rank.py), α > 0 and W, w >= 0
+// (then c = s ⊙ σ''(a) >= 0, so C½ is real and Cap >= αI is positive definite), unless the
+// environment variable IVAE_LOGDET_FORM=full asks for the d x d form. The statuses are then Cap's
+// (0, -1 for non-finite, k > 0 only if rounding breaks Cap >= αI). minv keeps its [B, d, d] shape
+// (shapes must not depend on values) and holds Cap⁻¹ in its top-left r x r block, zeros elsewhere.
 bool low_rank_form(const IcnnArgs& a);
 
 // c [K, B, H] as [B, 1, K*H]: one row of K*H values per sample, to scale a [B, d, K*H] Jacobian.
@@ -71,6 +72,12 @@ ForwardOutputs allocate_outputs(const IcnnArgs& a, bool keep_for_backward, bool 
 // defined, Cap⁻¹ into minv's top-left block. jac [B, d, K*H], c [K, B, H] contiguous.
 void low_rank_logdet(const at::Tensor& jac, const at::Tensor& c, double alpha, const at::Tensor& logdet,
                      const at::Tensor& info, const at::Tensor& minv);
+
+// Kernels::hessian_adjoint's contract for the low-rank form, with ATen calls (any device; measured
+// faster on the CPU than per-sample loops, whose r x r products are too small to tile):
+// P = ω̄ Hess⁻¹ Jᵀ = (ω̄/α) (Jᵀ − Jᵀ C½ Cap⁻¹ C½ J Jᵀ), c̄ = Σ_j Jᵀ ⊙ P, J̄ᵀ = 2 P diag(c).
+void low_rank_adjoint(const at::Tensor& jac, const at::Tensor& minv, const at::Tensor& grad_logdet,
+                      const at::Tensor& c, double alpha, const at::Tensor& p, const at::Tensor& c_bar);
 
 void forward_into(const Kernels& kernels, const icnn::Elementwise& ew, const IcnnArgs& a,
                   const ForwardOutputs& out);
