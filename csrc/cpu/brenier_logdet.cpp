@@ -12,6 +12,7 @@
 #include "cpu/brenier_rows.h"
 #include "cpu/brenier_tiled.h"
 #include "cpu/icnn_packing.h"
+#include "cpu/icnn_partial_grads.h"
 #include "cpu/icnn_table.h"
 #include "cpu/row_blocks.h"
 #include "ops/brenier_logdet.h"
@@ -190,6 +191,34 @@ SevenTensors brenier_logdet_cpu(const at::Tensor& x, const at::Tensor& A, const 
   return {out.psi, out.grad, out.logdet, out.info, out.saved, out.jac, out.minv};
 }
 
+// The d x d form's backward on the tiles (cpu/brenier_tiled_backward.cpp), one row block per thread.
+SixGrads brenier_logdet_backward_tiled(const IcnnArgs& args, const at::Tensor& omega, const at::Tensor& saved,
+                                       const at::Tensor& jac, const at::Tensor& minv, std::array<bool, 6> mask) {
+  const auto opts = args.x.options();
+  const int64_t B = args.batch, d = args.dim, H = args.hidden, width = args.layers * H;
+  at::Tensor x_bar = mask[0] ? at::empty({B, d}, opts) : at::empty({0}, opts);
+  at::Tensor A_bar = at::empty({0}, opts), b_bar = A_bar, W_bar = A_bar, w_bar = A_bar, alpha_bar = A_bar;
+  AT_DISPATCH_FLOATING_TYPES(args.x.scalar_type(), "brenier_logdet_backward_cpu", [&] {
+    const IcnnPacked<scalar_t> packed = pack_args<scalar_t>(args);
+    const scalar_t *xp = args.x.const_data_ptr<scalar_t>(), *op = omega.const_data_ptr<scalar_t>();
+    const scalar_t* sa = saved.const_data_ptr<scalar_t>();
+    const scalar_t* ss = sa + args.layers * B * H;
+    const scalar_t *jp = jac.const_data_ptr<scalar_t>(), *mp = minv.const_data_ptr<scalar_t>();
+    scalar_t* xb = mask[0] ? x_bar.mutable_data_ptr<scalar_t>() : nullptr;
+    const int64_t blocks = row_blocks(B);
+    std::vector<IcnnPartial<scalar_t>> parts(blocks);
+    for_each_block(blocks, [&](int64_t i) {
+      const auto [begin, end] = block_rows(B, blocks, i);
+      parts[i] = icnn_partial_for(packed);
+      brenier_tiled_logdet_backward(packed, end - begin, xp + begin * d, op + begin, sa + begin * H, ss + begin * H,
+                                    B * H, jp + begin * d * width, mp + begin * d * d, mask,
+                                    xb ? xb + begin * d : nullptr, parts[i]);
+    });
+    write_parameter_grads(packed, parts, mask, A_bar, b_bar, W_bar, w_bar, alpha_bar);
+  });
+  return {x_bar, A_bar, b_bar, W_bar, w_bar, alpha_bar};
+}
+
 SixGrads brenier_logdet_backward_cpu(const at::Tensor& grad_logdet, const at::Tensor& x, const at::Tensor& A,
                                      const at::Tensor& b, const at::Tensor& W, const at::Tensor& w,
                                      const at::Tensor& alpha, const at::Tensor& saved, const at::Tensor& jac,
@@ -199,6 +228,11 @@ SixGrads brenier_logdet_backward_cpu(const at::Tensor& grad_logdet, const at::Te
   check_logdet_backward_args(args, grad_logdet, saved, jac, minv);
   const at::Tensor saved_c = saved.contiguous(), jac_c = jac.contiguous(), minv_c = minv.contiguous();
   const at::Tensor omega = grad_logdet.contiguous();
+  if (!aten_path_requested() && !logdet::low_rank_form(args)) {
+    return brenier_logdet_backward_tiled(args, omega, saved_c, jac_c, minv_c, output_mask);
+  }
+  // The ATen sequence per cache-sized row block: IVAE_ICNN_CPU_PATH=aten, and the low-rank form
+  // (its capacitance adjoint is ATen's batched GEMMs).
   const int64_t blocks = cache_sized_row_blocks(args.batch, logdet_row_bytes(args), kBlockCacheBytes, kMinBlockRows);
   return backward_by_blocks(args.batch, blocks, output_mask[0], [&](int64_t begin, int64_t end) {
     const int64_t n = end - begin;

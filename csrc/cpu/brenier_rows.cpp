@@ -6,6 +6,7 @@
 
 #include "cpu/cholesky_lanes.h"
 #include "cpu/cpu_clones.h"
+#include "cpu/tile_gemm.h"
 #include "math/brenier.h"
 #include "math/cholesky.h"
 
@@ -177,11 +178,13 @@ IVAE_CLONE_INLINE void low_rank_logdet(int64_t batch, int64_t dim, int64_t layer
   }
 }
 
-// P = Hess̄ Jᵀ for one sample, Hess̄ = ω̄ M: four rows of P by 32 columns at a time, accumulated over
-// the d rows of Jᵀ in registers (each loaded Jᵀ element feeds four multiply-adds).
-template <typename T>
-IVAE_CLONE_INLINE void hessian_bar_times_jac(int64_t dim, int64_t width, const T* J, const T* h_bar, T* P) {
-  constexpr int64_t kRows = 4, kCols = 32;
+// P = Hess̄ Jᵀ for one sample, Hess̄ = ω̄ M: four rows of P by kCols columns at a time, accumulated
+// over the d rows of Jᵀ in registers (each loaded Jᵀ element feeds four multiply-adds). kCols: 128
+// bytes of a row with AVX-512's 32 registers, 64 bytes otherwise (as tile::gemm, cpu/tile_gemm.h:
+// wider tiles spill their accumulators with 16 registers).
+template <typename T, int64_t kCols>
+IVAE_CLONE_INLINE void hessian_bar_times_jac_tiles(int64_t dim, int64_t width, const T* J, const T* h_bar, T* P) {
+  constexpr int64_t kRows = 4;
   for (int64_t i0 = 0; i0 < dim; i0 += kRows) {
     for (int64_t e0 = 0; e0 < width; e0 += kCols) {
       if (i0 + kRows <= dim && e0 + kCols <= width) {
@@ -215,6 +218,15 @@ IVAE_CLONE_INLINE void hessian_bar_times_jac(int64_t dim, int64_t width, const T
         }
       }
     }
+  }
+}
+
+template <typename T>
+IVAE_CLONE_INLINE void hessian_bar_times_jac(int64_t dim, int64_t width, const T* J, const T* h_bar, T* P) {
+  if (tile::wide_vector_registers()) {
+    hessian_bar_times_jac_tiles<T, 128 / sizeof(T)>(dim, width, J, h_bar, P);
+  } else {
+    hessian_bar_times_jac_tiles<T, 64 / sizeof(T)>(dim, width, J, h_bar, P);
   }
 }
 

@@ -4,8 +4,10 @@
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define IVAE_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define IVAE_HAVE_CPU_CLONES 1
 #else
 #define IVAE_CPU_CLONES
+#define IVAE_HAVE_CPU_CLONES 0
 #endif
 
 // For the loop templates a clone calls: inlined into each clone so they are compiled for its
