@@ -21,7 +21,7 @@ from ivae_ext import reference
 from ivae_ext._extension import HAS_EXTENSION
 from ivae_ext.ops._autograd import records_graph, refuse_double_backward
 from ivae_ext.ops._switch import reference_ops_enabled
-from ivae_ext.ops._checks import require_tensors
+from ivae_ext.ops._checks import raise_if_not_positive_definite, require_tensors
 from ivae_ext.ops.icnn_map import _ARG_NAMES, _alpha_tensor, _check_alpha_value, _reference_icnn_map, check_icnn_args
 
 HAS_FUSED_LOGDET = HAS_EXTENSION and hasattr(torch.ops.ivae_ext, "brenier_logdet")
@@ -29,16 +29,7 @@ _OP = "brenier_logdet"
 
 
 def _raise_if_not_positive_definite(info: torch.Tensor) -> None:
-    bad = info > 0
-    count = int(bad.sum())
-    if count:
-        first = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{_OP}: the Hessian ∇²ψ(x) is not positive definite for {count} of {info.numel()} samples "
-            f"(first: sample {first}, leading minor of order {int(info[first])}); its log-determinant is "
-            f"undefined there. Use alpha > 0 (strong convexity) and non-negative W, w (ivae_ext.nn.ICNN "
-            f"keeps them so), or pass check=False to get NaN for those samples."
-        )
+    raise_if_not_positive_definite(_OP, info > 0, lambda first: f", leading minor of order {int(info[first])}")
 
 
 def _reference_with_info(x, A, b, W, w, alpha):

@@ -40,7 +40,7 @@ import os
 import torch
 
 from ivae_ext import reference
-from ivae_ext.ops._checks import require_tensors
+from ivae_ext.ops._checks import raise_if_not_positive_definite, require_tensors
 from ivae_ext.ops._switch import reference_ops_enabled
 from ivae_ext.ops.icnn_map import (
     _ARG_NAMES, HAS_FUSED_ICNN, _alpha_tensor, _check_alpha_value, _reference_icnn_map, check_icnn_args,
@@ -361,15 +361,8 @@ def rademacher_probes(count: int, batch: int, dim: int, like: torch.Tensor, gene
 
 
 def _raise_if_flagged(iterations: torch.Tensor) -> None:
-    bad = iterations == _NOT_POSITIVE_DEFINITE
-    count = int(bad.sum())
-    if count:
-        first = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"{_OP}: the Hessian ∇²ψ(x) is not positive definite for {count} of {iterations.numel()} samples "
-            f"(first: sample {first}; conjugate gradient met pᵀHp <= 0); its log-determinant is undefined there. "
-            f"Use alpha > 0 and non-negative W, w (ivae_ext.nn.ICNN keeps them so), or pass check=False to get "
-            f"NaN for those samples.")
+    raise_if_not_positive_definite(_OP, iterations == _NOT_POSITIVE_DEFINITE,
+                                   lambda first: "; conjugate gradient met pᵀHp <= 0")
 
 
 def brenier_map_surrogate(x, A, b, W, w, alpha=0.0, probes: int = 1, tol: float = 1e-3, max_iter: int | None = None,
