@@ -72,10 +72,16 @@ def _uses_tiled_cg(x: torch.Tensor, hidden: int) -> bool:
 # The math on tensors (device-generic ATen calls)
 
 
+def _softplus_second(a: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+    """σ''(a) = σ'(a) σ'(−a), accurate in both tails (as csrc/math/softplus.h); σ'(1 − σ') would
+    lose it to cancellation for a ≫ 1 (all of it beyond a ≈ 37 in float64)."""
+    return d1 * torch.sigmoid(-a)
+
+
 def _curvature(saved: torch.Tensor):
     """(σ'(a_k), c_k = s_k ⊙ σ''(a_k)), each [K, n, H], from icnn_map's saved (a_k, s_k)."""
     d1 = torch.sigmoid(saved[0])
-    return d1, saved[1] * d1 * (1 - d1)
+    return d1, saved[1] * _softplus_second(saved[0], d1)
 
 
 def _hessian_vector(d1, c, A_rows, W, W_t, alpha, V):
@@ -173,7 +179,7 @@ def _surrogate_backward(grad_surrogate, x, A, W, w, alpha, saved, d1, c, u, v, g
     n = x.shape[0]
     a, s = saved[0], saved[1]
     map_terms = grad_grad is not None
-    d2 = d1 * (1 - d1)
+    d2 = _softplus_second(a, d1)
     sd1, sd2 = s * d1, s * d2
     A_rows = A.reshape(layers * hidden, dim)
     # rows of the stacked chains: [u; v; x] (+ [ḡ] for the map's own terms, whose A-gradient
