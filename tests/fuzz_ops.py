@@ -698,17 +698,17 @@ def brenier_output_rounding(case, outputs):
     return (None, None, _hessian_rounding(case), None)
 
 
-def brenier_grad_rounding(case, weights, want_grads):
+def brenier_grad_rounding(case, weights, want_grads, reference=None, rounding=None):
     """Every gradient of log det goes through the inverse Hessian, which rounding in forming the
     Hessian moves by about cond·eps relative: per sample, the Hessian rounding above times that
     sample's |∂ log det/∂(argument)| (float64 reference), weighted like the checked projection
     (float64, d = 2, cond 1.2e9: the op's A-gradient 1.5e-8 relative off the reference's)."""
-    rounding = _hessian_rounding(case)
+    rounding = _hessian_rounding(case) if rounding is None else rounding
     logdet_weight = weights[2]
     values, leaves = materialize(case, "float64", requires_grad=True)
     extra = [torch.zeros_like(leaf) for leaf in leaves]
     with torch.enable_grad():
-        logdet = reference_brenier(values, case.options)[2]
+        logdet = (reference or reference_brenier)(values, case.options)[2]
         for i in range(logdet.shape[0]):
             c = float(logdet_weight[i].abs() * rounding[i])
             if c == 0 or not logdet.requires_grad:
@@ -716,7 +716,7 @@ def brenier_grad_rounding(case, weights, want_grads):
             grads = torch.autograd.grad(logdet[i], leaves, retain_graph=True, allow_unused=True)
             for e, g in zip(extra, grads):
                 if g is not None:
-                    e += c * g.abs()
+                    e += (c * g.abs()).nan_to_num(nan=0.0)  # inf·0: a zero gradient needs no allowance
     return extra
 
 
@@ -726,6 +726,125 @@ def brenier_skip_grad(case, outputs):
     nor where the Hessian's conditioning leaves its inverse (in every gradient of log det)
     undetermined to 1e-3 in the op's dtype."""
     return bool(torch.isnan(outputs[2]).any()) or bool((_hessian_rounding(case) > 1e-3).any())
+
+
+# --- stochastic_logdet_surrogate (brenier_map_surrogate) ------------------------------------------
+# The probes are drawn inside the op from a generator; the reference draws the same ones (same
+# seed, the op's dtype) and runs CP-Flow's schedule by autograd. tol is tiny and max_iter well
+# above d, so both solve H u = v to their dtype's rounding: what remains is conditioning, allowed
+# as for the log-determinant (its value ≈ vᵀv − vᵀr, its gradients through H⁻¹).
+
+SURROGATE_MAX_ITER = 60
+SURROGATE_SEED = 0
+
+
+def draw_surrogate(data):
+    args, expect, offending = draw_icnn_args(data, "brenier_logdet")
+    options = {"probes": pick(data, (1, 2), (0, 1.5, True), "probes", n=20),
+               "tol": pick(data, (1e-12,), (-1.0, float("nan")), "tol", n=20),
+               "check": pick(data, (True, False), ("no", None, 1), "check", n=20)}
+    problems = list(offending)
+    if isinstance(options["probes"], bool) or not isinstance(options["probes"], int) or options["probes"] < 1:
+        problems.append("probes")
+    if not options["tol"] >= 0:
+        problems.append("tol")
+    if not isinstance(options["check"], bool):
+        problems.append("check")
+    x = args[0]
+    options["_dtype"] = x.dtype if x.is_tensor else None  # which dtype the op draws its probes in
+    return _mode_and_grad(data, Case(args=args, options=options, expect="invalid" if problems else expect,
+                                     offending=tuple(problems)))
+
+
+def _surrogate_generator():
+    return torch.Generator().manual_seed(SURROGATE_SEED)
+
+
+def call_surrogate(values, options):
+    from ivae_ext.ops import brenier_map_surrogate
+
+    return tuple(brenier_map_surrogate(*values, probes=options["probes"], tol=options["tol"],
+                                       max_iter=SURROGATE_MAX_ITER, generator=_surrogate_generator(),
+                                       check=options["check"], return_info=True))
+
+
+def reference_surrogate(values, options):
+    from ivae_ext import reference
+    from ivae_ext.ops.logdet_surrogate import rademacher_probes
+
+    x, A, b, W, w, alpha = _alpha64(values)
+    like = torch.empty(0, dtype=dtype_of(options["_dtype"]))
+    probes = rademacher_probes(options["probes"], x.shape[0], x.shape[1], like, _surrogate_generator()).double()
+    psi, grad = reference.icnn_map(x, A, b, W, w, alpha)
+    surrogate, _ = reference.stochastic_logdet_surrogate(x, A, b, W, w, alpha, probes, options["tol"],
+                                                         SURROGATE_MAX_ITER)
+    return psi, grad, surrogate, None
+
+
+def surrogate_compare_mask(case, outputs):
+    """The surrogate is NaN by policy where the op's iterations are −1 (CG met pᵀHp <= 0 or NaN):
+    compared where they are not."""
+    return (None, None, outputs[3] >= 0, None)
+
+
+def _hessian_extremes(case):
+    """(λ_min, λ_max) per sample of the float64 Hessian (NaN where it is not finite)."""
+    from ivae_ext import reference
+
+    with torch.no_grad():
+        hess = reference.icnn_hessian(*_alpha64(materialize(case, "float64")[0]))
+        if hess.shape[-1] == 0:
+            zeros = torch.zeros(hess.shape[0], dtype=torch.float64)
+            return zeros, zeros
+        finite = torch.isfinite(hess).flatten(1).all(-1)
+        eig = torch.linalg.eigvalsh(torch.where(finite[:, None, None], hess, torch.eye(hess.shape[-1], dtype=hess.dtype)))
+    nan = torch.full_like(eig[:, 0], float("nan"))
+    return torch.where(finite, eig[:, 0], nan), torch.where(finite, eig[:, -1], nan)
+
+
+def _surrogate_rounding(case):
+    """Per sample, the relative error the op and the reference may both carry in u = H⁻¹v and so in
+    the surrogate and its gradients: the Hessian's rounding (as log det's, 64·d·eps·cond), the CG
+    tolerance amplified by the conditioning (each side stops at |r| < tol: 4·tol·cond), and the
+    reference's start at u = v (CP-Flow's): for λ ≫ 1 its first step cancels v against r₀/λ, an
+    error of eps·λ_max relative (float64, d = 1, λ = 7e13: the reference's value 0.975 where
+    vᵀHH⁻¹v = 1 and the op gives 1)."""
+    low, high = _hessian_extremes(case)
+    if case.args[0].shape[-1] == 0:  # d = 0: log det 0, nothing to solve
+        return torch.zeros_like(low)
+    cond = high.abs() / low
+    eps64 = torch.finfo(torch.float64).eps
+    extra = 4 * case.options["tol"] * cond + 64 * eps64 * high.abs().clamp_min(1.0)
+    return _hessian_rounding(case) + extra.nan_to_num(nan=float("inf"))
+
+
+def surrogate_output_rounding(case, outputs):
+    """The surrogate ≈ vᵀv = d per probe: its allowance is the relative one times d."""
+    return (None, None, _surrogate_rounding(case) * max(case.args[0].shape[-1] if case.args[0].shape else 1, 1), None)
+
+
+def surrogate_refusal_by_design(case, message, values64):
+    """check=True refuses a Hessian that is not positive definite — or one the op's dtype cannot
+    tell from singular: brenier_logdet's rule, or Hessians so small that the CG's products H p of a
+    residual-sized p underflow the dtype (λ_max·eps below 1e3·tiny: float32, λ ~ 1e-31)."""
+    if brenier_refusal_by_design(case, message, values64):
+        return True
+    if "not positive definite" not in message:
+        return False
+    finfo = torch.finfo(dtype_of(case.args[0].dtype))
+    _, high = _hessian_extremes(case)
+    return bool((high.abs() * finfo.eps < 1e3 * finfo.tiny).any())
+
+
+def surrogate_grad_rounding(case, weights, want_grads):
+    """As brenier_grad_rounding, through the surrogate's gradients (also through H⁻¹: u = H⁻¹v)."""
+    return brenier_grad_rounding(case, weights, want_grads, reference_surrogate, _surrogate_rounding(case))
+
+
+def surrogate_skip_grad(case, outputs):
+    """As brenier_skip_grad: no gradient check where a sample was flagged or the conditioning
+    leaves H⁻¹ undetermined to 1e-3 in the op's dtype."""
+    return bool((outputs[3] < 0).any()) or bool((_hessian_rounding(case) > 1e-3).any())
 
 
 # --- aggregate_log_q -----------------------------------------------------------------------------
@@ -902,6 +1021,12 @@ OPS = {
         refusal_by_design=brenier_refusal_by_design, compare_mask=brenier_compare_mask,
         skip_grad=brenier_skip_grad, beyond_range=brenier_beyond_dtype_range,
         output_rounding=brenier_output_rounding, grad_rounding=brenier_grad_rounding),
+    "stochastic_logdet_surrogate": OpSpec(
+        "stochastic_logdet_surrogate", draw_surrogate, call_surrogate, reference_surrogate,
+        rtol={"float64": 1e-8, "float32": 1e-4, "float16": 2e-2, "bfloat16": 5e-2},
+        refusal_by_design=surrogate_refusal_by_design, compare_mask=surrogate_compare_mask,
+        skip_grad=surrogate_skip_grad, beyond_range=brenier_beyond_dtype_range,
+        output_rounding=surrogate_output_rounding, grad_rounding=surrogate_grad_rounding),
     "aggregate_log_q": OpSpec("aggregate_log_q", draw_aggregate_log_q, call_aggregate_log_q, reference_aggregate_log_q,
                               grad_rounding=aggregate_log_q_grad_rounding),
     "imq_mmd": OpSpec("imq_mmd", draw_imq_mmd, call_imq_mmd, reference_imq_mmd,

@@ -30,7 +30,7 @@ def test_every_op_refuses_clearly_or_matches_the_reference_on_hostile_input():
     assert match, f"no summary line (exit status {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     ops, examples, calls, crashes, failures = map(int, match.groups())
     assert proc.returncode == 0 and crashes == 0 and failures == 0, proc.stdout[-6000:]
-    assert ops == 5 and examples == EXAMPLES and calls == ops * EXAMPLES, proc.stdout[-3000:]
+    assert ops == 6 and examples == EXAMPLES and calls == ops * EXAMPLES, proc.stdout[-3000:]
 
 
 def test_a_crashing_op_is_counted_and_fails_the_run():
