@@ -245,6 +245,17 @@ def test_auto_follows_the_cost_model():
         assert not wide.uses_surrogate()
 
 
+def test_cost_model_counts_the_low_rank_exact_form():
+    from ivae_ext.ops.logdet_surrogate import EXACT_EFFICIENCY, exact_step_cost
+
+    # 2KH <= d: brenier_logdet works with the KH x KH capacitance matrix, not the d x d Hessian
+    d, H, K = 128, 8, 2
+    r = K * H
+    assert exact_step_cost(d, H, K) == 3 * ((K - 1) * H**2 * d + d * r**2 + r**3 / 3) / EXACT_EFFICIENCY
+    d, H, K = 24, 8, 2  # 2KH > d: the d x d form
+    assert exact_step_cost(d, H, K) == 3 * ((K - 1) * H**2 * d + K * H * d**2 + d**3 / 3) / EXACT_EFFICIENCY
+
+
 def test_stochastic_flow_fits_two_moons():
     x = two_moons(512)
     torch.manual_seed(0)

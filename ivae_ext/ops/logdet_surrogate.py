@@ -424,8 +424,9 @@ def stochastic_logdet_surrogate(x, A, b, W, w, alpha=0.0, probes: int = 1, tol: 
 # Which estimator is cheaper: a cost model for ConvexPotentialFlow(logdet="auto")
 
 # Multiply-adds per sample of a training step (forward + backward), from the ops' GEMM sequences:
-# exact — the Jacobian recurrence (K-1)H²d, the Hessian KHd², Cholesky d³/3, about three times
-# over for forward and backward; stochastic — one Hessian-vector product 2(K-1)H² + 2KHd per CG
+# exact — the Jacobian recurrence (K-1)H²d, the Hessian KHd², Cholesky d³/3 (in the low-rank form,
+# r = KH <= d/2: the capacitance matrix d r² and its Cholesky r³/3), about three times over for
+# forward and backward; stochastic — one Hessian-vector product 2(K-1)H² + 2KHd per CG
 # iteration plus about EXTRA_PRODUCTS of them for the forward and the third-order backward.
 # EXACT_EFFICIENCY: how much faster per multiply-add the exact op ran than the stochastic one,
 # measured here (benchmarks/flow_logdet_step.py, float32, 2 threads; see README).
@@ -434,7 +435,12 @@ EXACT_EFFICIENCY = 1.0
 
 
 def exact_step_cost(dim: int, hidden: int, layers: int) -> float:
-    return 3.0 * ((layers - 1) * hidden**2 * dim + layers * hidden * dim**2 + dim**3 / 3.0) / EXACT_EFFICIENCY
+    rank = layers * hidden
+    if 2 * rank <= dim:  # brenier_logdet's low-rank form (flows keep α > 0 and W, w >= 0): Cap is r x r
+        curvature = dim * rank**2 + rank**3 / 3.0
+    else:
+        curvature = rank * dim**2 + dim**3 / 3.0
+    return 3.0 * ((layers - 1) * hidden**2 * dim + curvature) / EXACT_EFFICIENCY
 
 
 def stochastic_step_cost(dim: int, hidden: int, layers: int, cg_iterations: float) -> float:
