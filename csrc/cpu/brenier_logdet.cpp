@@ -1,5 +1,9 @@
-// CPU binding of ivae_ext::brenier_logdet: the fused steps (loops in brenier_rows.cpp) plugged
-// into the shared GEMM sequence of ops/brenier_logdet.cpp, one row block per thread.
+// CPU binding of ivae_ext::brenier_logdet, one row block per thread: the forward on the register
+// tiles (cpu/brenier_tiled.cpp) and the d x d form's backward too (cpu/brenier_tiled_backward.cpp);
+// the low-rank form's backward, and everything under IVAE_ICNN_CPU_PATH=aten, is the fused steps
+// (cpu/brenier_rows.cpp) plugged into the shared ATen-GEMM sequence of ops/brenier_logdet.cpp (the
+// CUDA path). A tiled low-rank backward (the capacitance adjoint by ATen first, the rest tiled)
+// measured slower than that sequence (0.8-0.95x at d = 32-64) and was not kept.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
