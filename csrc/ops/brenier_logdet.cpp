@@ -163,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   ew.softplus_all(saved[0], z, d1, d2);
   at::mul_out(c, s, d2);
   const bool low_rank = low_rank_form(a);
-  const double alpha_value = a.alpha.item<double>();
+  const double alpha_value = low_rank ? a.alpha.item<double>() : 0.0;  // a host read (CUDA) only when used
   if (low_rank) {
     low_rank_adjoint(jac, minv, grad_logdet.contiguous(), c, alpha_value, p, c_bar);
   } else {
