@@ -3,6 +3,7 @@ backward to every input (what a convex-potential flow's training step needs)."""
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -55,3 +56,18 @@ def forward_flops(batch, dim, hidden, layers) -> float:
     """The closed form's work: 2B[(K-1)H²d + KHd²] for the Jacobian recurrence and the Hessian
     products, plus Bd³/3 for the Cholesky factorisations (the count of the issue)."""
     return 2.0 * batch * ((layers - 1) * hidden**2 * dim + layers * hidden * dim**2) + batch * dim**3 / 3.0
+
+
+def with_env(values: dict, fn: Callable):
+    """fn() with the environment variables `values` set, restored afterwards: the ops read
+    IVAE_LOGDET_FORM and IVAE_ICNN_CPU_PATH per call, so candidates in one process can differ."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        return fn()
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value

@@ -19,6 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from brenier_logdet_cases import with_env  # noqa: E402
 from icnn_map_cases import make_inputs  # noqa: E402
 from timing import median_times  # noqa: E402
 
@@ -26,20 +27,6 @@ from ivae_ext.experiments.common import write_json  # noqa: E402
 from ivae_ext.ops import brenier_logdet  # noqa: E402
 
 SIZES = [(1024, 16, 64, 4), (256, 64, 128, 4), (1024, 8, 32, 3), (4096, 2, 32, 3)]
-
-
-def with_env(values: dict, fn):
-    """fn() with the environment variables set (restored afterwards)."""
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        return fn()
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = value
 
 
 def step(inputs, backward_path: str):

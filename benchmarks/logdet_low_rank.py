@@ -19,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from brenier_logdet_cases import forward_backward, forward_only  # noqa: E402
+from brenier_logdet_cases import forward_backward, forward_only, with_env  # noqa: E402
 from icnn_map_cases import make_inputs  # noqa: E402
 from timing import median_times  # noqa: E402
 
@@ -31,20 +31,8 @@ SIZES = [(1024, 32, 8, 2), (512, 64, 16, 2), (512, 64, 8, 2), (256, 128, 16, 4),
 
 
 def in_form(form: str, fn):
-    """fn run with IVAE_LOGDET_FORM=form (restored afterwards)."""
-
-    def run():
-        previous = os.environ.get("IVAE_LOGDET_FORM")
-        os.environ["IVAE_LOGDET_FORM"] = form
-        try:
-            return fn()
-        finally:
-            if previous is None:
-                del os.environ["IVAE_LOGDET_FORM"]
-            else:
-                os.environ["IVAE_LOGDET_FORM"] = previous
-
-    return run
+    """fn, to be run with IVAE_LOGDET_FORM=form."""
+    return lambda: with_env({"IVAE_LOGDET_FORM": form}, fn)
 
 
 def logdet(*args):

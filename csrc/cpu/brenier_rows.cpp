@@ -99,83 +99,73 @@ IVAE_CLONE_INLINE void hessian_lower(int64_t dim, int64_t layers, int64_t hidden
   }
 }
 
-// Per group of kLanes samples: each sample's Hessian products (hessian_lower), then the shift,
-// factorisation, logdet and inverse for the whole group at once, one sample per SIMD lane
-// (cpu/cholesky_lanes.h). A short last group is filled with identity matrices.
-template <typename T>
-IVAE_CLONE_INLINE void hessian_logdet(int64_t batch, int64_t dim, int64_t layers, int64_t hidden, const T* jac, const T* c,
-                    int64_t layer_stride, T alpha, T* logdet, int32_t* info, T* minv) {
+// Per group of kLanes samples: each sample's n x n lower triangle from build(sample, out), then
+// the shift by αI, factorisation, logdet (+ offset) and inverse for the whole group at once, one
+// sample per SIMD lane (cpu/cholesky_lanes.h); a short last group is filled with identity
+// matrices. The inverse goes to minv + sample * minv_stride, rows minv_ld apart.
+template <typename T, typename Build>
+IVAE_CLONE_INLINE void shifted_logdet_in_lanes(int64_t batch, int64_t n, T alpha, T offset, const Build& build,
+                                               T* logdet, int32_t* info, T* minv, int64_t minv_stride,
+                                               int64_t minv_ld) {
   constexpr int L = kLanes<T>;
-  const int64_t dd = dim * dim;
-  std::vector<T> scaled(4 * layers * hidden), hess(dd), lanes(dd * L), scratch(minv ? dd * L : 0),
-      inv(minv ? dd * L : 0);
+  const int64_t nn = n * n;
+  std::vector<T> lower(nn), lanes(nn * L), scratch(minv ? nn * L : 0), inv(minv ? nn * L : 0);
   int32_t status[L];
   T lane_logdet[L];
   for (int64_t g = 0; g < batch; g += L) {
     const int64_t m = std::min<int64_t>(L, batch - g);
     for (int64_t l = 0; l < L; ++l) {
-      if (l < m) {
-        hessian_lower(dim, layers, hidden, jac + (g + l) * dim * layers * hidden, c + (g + l) * hidden, layer_stride,
-                      scaled.data(), hess.data());
-      }
-      for (int64_t i = 0; i < dim; ++i) {
-        for (int64_t j = 0; j <= i; ++j) lanes[(i * dim + j) * L + l] = l < m ? hess[i * dim + j] : T(i == j);
+      if (l < m) build(g + l, lower.data());
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j <= i; ++j) lanes[(i * n + j) * L + l] = l < m ? lower[i * n + j] : T(i == j);
       }
     }
-    shifted_logdet_and_inverse_lanes<T, L>(lanes.data(), dim, alpha, status, lane_logdet,
+    shifted_logdet_and_inverse_lanes<T, L>(lanes.data(), n, alpha, status, lane_logdet,
                                            minv ? scratch.data() : nullptr, minv ? inv.data() : nullptr);
     for (int64_t l = 0; l < m; ++l) {
       info[g + l] = status[l];
-      logdet[g + l] = lane_logdet[l];
+      logdet[g + l] = lane_logdet[l] + offset;
       if (!minv) continue;
-      T* out = minv + (g + l) * dd;
-      for (int64_t e = 0; e < dd; ++e) out[e] = inv[e * L + l];
+      T* out = minv + (g + l) * minv_stride;
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < n; ++j) out[i * minv_ld + j] = inv[(i * n + j) * L + l];
+      }
     }
   }
 }
 
-// The low-rank form per group of kLanes samples: each sample's Jᵀ C½ transposed into r = K*H rows
-// of d values, their products (hessian_lower with unit weights) into the lanes, then the same
-// shifted factorisation, logdet and inverse as hessian_logdet, of Cap = αI_r + C½ J Jᵀ C½.
+// The d x d form: each sample's Hessian products (hessian_lower), then shifted_logdet_in_lanes.
+template <typename T>
+IVAE_CLONE_INLINE void hessian_logdet(int64_t batch, int64_t dim, int64_t layers, int64_t hidden, const T* jac,
+                                      const T* c, int64_t layer_stride, T alpha, T* logdet, int32_t* info, T* minv) {
+  std::vector<T> scaled(4 * layers * hidden);
+  const auto build = [&](int64_t b, T* hess) __attribute__((always_inline)) {  // inlined: the clone's ISA
+    hessian_lower(dim, layers, hidden, jac + b * dim * layers * hidden, c + b * hidden, layer_stride, scaled.data(),
+                  hess);
+  };
+  shifted_logdet_in_lanes(batch, dim, alpha, T(0), build, logdet, info, minv, dim * dim, dim);
+}
+
+// The low-rank form: each sample's Jᵀ C½ transposed into r = K*H rows of d values and their
+// products (hessian_lower with unit weights), Cap − αI = C½ J Jᵀ C½; log det Hess = log det Cap +
+// (d − r) log α, and Cap⁻¹ into the top-left of each sample's d x d minv block.
 template <typename T>
 IVAE_CLONE_INLINE void low_rank_logdet(int64_t batch, int64_t dim, int64_t layers, int64_t hidden, const T* jac,
                                        const T* c, int64_t layer_stride, T alpha, T* logdet, int32_t* info, T* minv) {
-  constexpr int L = kLanes<T>;
-  const int64_t r = layers * hidden, rr = r * r;
-  std::vector<T> rows(r * dim), ones(dim, T(1)), scaled(4 * dim), cap(rr), lanes(rr * L), scratch(minv ? rr * L : 0),
-      inv(minv ? rr * L : 0), root(r);
-  int32_t status[L];
-  T lane_logdet[L];
-  const T rest = static_cast<T>(dim - r) * std::log(alpha);
-  for (int64_t g = 0; g < batch; g += L) {
-    const int64_t m = std::min<int64_t>(L, batch - g);
-    for (int64_t l = 0; l < L; ++l) {
-      if (l < m) {
-        const T* J = jac + (g + l) * dim * r;
-        for (int64_t k = 0; k < layers; ++k) {
-          for (int64_t h = 0; h < hidden; ++h) root[k * hidden + h] = std::sqrt(c[k * layer_stride + (g + l) * hidden + h]);
-        }
-        for (int64_t e = 0; e < r; ++e) {
-          for (int64_t j = 0; j < dim; ++j) rows[e * dim + j] = J[j * r + e] * root[e];
-        }
-        hessian_lower(r, 1, dim, rows.data(), ones.data(), 0, scaled.data(), cap.data());
-      }
-      for (int64_t i = 0; i < r; ++i) {
-        for (int64_t j = 0; j <= i; ++j) lanes[(i * r + j) * L + l] = l < m ? cap[i * r + j] : T(i == j);
-      }
+  const int64_t r = layers * hidden;
+  std::vector<T> rows(r * dim), ones(dim, T(1)), scaled(4 * dim), root(r);
+  const auto build = [&](int64_t b, T* cap) __attribute__((always_inline)) {
+    const T* J = jac + b * dim * r;
+    for (int64_t k = 0; k < layers; ++k) {
+      for (int64_t h = 0; h < hidden; ++h) root[k * hidden + h] = std::sqrt(c[k * layer_stride + b * hidden + h]);
     }
-    shifted_logdet_and_inverse_lanes<T, L>(lanes.data(), r, alpha, status, lane_logdet,
-                                           minv ? scratch.data() : nullptr, minv ? inv.data() : nullptr);
-    for (int64_t l = 0; l < m; ++l) {
-      info[g + l] = status[l];
-      logdet[g + l] = lane_logdet[l] + rest;
-      if (!minv) continue;
-      T* out = minv + (g + l) * dim * dim;
-      for (int64_t i = 0; i < r; ++i) {
-        for (int64_t j = 0; j < r; ++j) out[i * dim + j] = inv[(i * r + j) * L + l];
-      }
+    for (int64_t e = 0; e < r; ++e) {
+      for (int64_t j = 0; j < dim; ++j) rows[e * dim + j] = J[j * r + e] * root[e];
     }
-  }
+    hessian_lower(r, 1, dim, rows.data(), ones.data(), 0, scaled.data(), cap);
+  };
+  shifted_logdet_in_lanes(batch, r, alpha, static_cast<T>(dim - r) * std::log(alpha), build, logdet, info, minv,
+                          dim * dim, dim);
 }
 
 // P = Hess̄ Jᵀ for one sample, Hess̄ = ω̄ M: four rows of P by kCols columns at a time, accumulated
